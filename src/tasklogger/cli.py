@@ -1,0 +1,79 @@
+"""The ``tasklogger`` command (typer): the body of each command only delegates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from . import __version__
+from .config import Settings
+from .errors import TaskLoggerError
+from .logs import configure
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Durable audit logs of AI-agent tasks.")
+
+LogsDirOpt = Annotated[Path | None, typer.Option("--logs-dir", help="task directories [env LOGS_DIR]")]
+RedisUrlOpt = Annotated[
+    str | None, typer.Option("--redis-url", help="Redis to consume [env REDIS_URL; unset: embedded]")
+]
+HostOpt = Annotated[str | None, typer.Option("--host", help="bind address [env TASKLOGGER_HOST, 127.0.0.1]")]
+PortOpt = Annotated[int | None, typer.Option("--port", help="HTTP port [env PORT, 8090]")]
+
+
+def _settings(**flags: Any) -> Settings:
+    settings = Settings.from_env(**flags)
+    configure(settings.log_level, settings.log_format)
+    return settings
+
+
+def _fail(exc: TaskLoggerError) -> None:
+    typer.echo(f"tasklogger: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def serve(
+    logs_dir: LogsDirOpt = None, redis_url: RedisUrlOpt = None, host: HostOpt = None, port: PortOpt = None
+) -> None:
+    """Consume the stream and serve the HTTP API in one process (the default deployment)."""
+    from .service import run
+
+    try:
+        run(_settings(logs_dir=logs_dir, redis_url=redis_url, host=host, port=port))
+    except TaskLoggerError as exc:
+        _fail(exc)
+
+
+@app.command()
+def consume(logs_dir: LogsDirOpt = None, redis_url: RedisUrlOpt = None) -> None:
+    """Only consume the stream into the logs directory."""
+    from .service import run
+
+    try:
+        run(_settings(logs_dir=logs_dir, redis_url=redis_url), serve_api=False)
+    except TaskLoggerError as exc:
+        _fail(exc)
+
+
+@app.command()
+def api(logs_dir: LogsDirOpt = None, redis_url: RedisUrlOpt = None, host: HostOpt = None, port: PortOpt = None) -> None:
+    """Only serve the HTTP API over an existing logs directory (read-only)."""
+    from .service import run
+
+    try:
+        run(_settings(logs_dir=logs_dir, redis_url=redis_url, host=host, port=port), consume=False)
+    except TaskLoggerError as exc:
+        _fail(exc)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,283 @@
+"""The consumer loop: XREADGROUP a batch, decode, project, commit to the store, then XACK (and only then).
+
+Start-up resumes this consumer's own pending entries first (read from ``0``), then claims entries that other
+consumers left idle (XAUTOCLAIM), then reads new entries (``>``). Every Redis failure sends the loop back to the
+pending phase, so entries committed but not yet acknowledged are acknowledged after their (skipped) redelivery.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+import structlog
+
+from .config import Settings
+from .errors import BadEntry, DiskError, Transient
+from .projector import project
+from .store import CommitResult, Store
+from .wire import decode, preserve_fields
+
+log = structlog.get_logger(__name__)
+
+RawEntry = tuple[bytes, dict[bytes, bytes] | None]
+BACKOFF_FIRST_S = 0.05
+BACKOFF_CAP_S = 2.0
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
+
+
+@dataclass
+class ConsumerStats:
+    """Counters and state of one consumer, read by /health and /metrics (plain ints: reads need no lock)."""
+
+    state: str = "starting"
+    fault: str | None = None
+    fault_detail: str | None = None
+    fault_since: float | None = None
+    running: bool = False
+    events_written: int = 0
+    duplicates_skipped: int = 0
+    dead_letters: int = 0
+    tasks_processed: int = 0
+    batches: int = 0
+    entries_acked: int = 0
+    last_batch_at: float | None = None
+    last_batch_size: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    events_by_type: dict[str, int] = field(default_factory=dict)
+    dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class Consumer:
+    """Reads the stream into the store. Run ``run(stop)`` in its own thread; set ``stop`` to end it cleanly."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        store: Store,
+        consumer_name: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_commit: Callable[[CommitResult], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis = client
+        self.store = store
+        self.name = consumer_name
+        self.clock = clock
+        self.on_commit = on_commit
+        self.stats = ConsumerStats()
+        self._retry: tuple[list[RawEntry], dict[str, int]] | None = None
+        self._next_claim = 0.0
+
+    def __repr__(self) -> str:
+        s = self.stats
+        return f"<Consumer {self.name} {s.state} written={s.events_written} dead={s.dead_letters} batches={s.batches}>"
+
+    # -- the loop -------------------------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume until ``stop`` is set; the batch in hand is always finished (committed and acknowledged)."""
+        self.stats.running = True
+        delay = BACKOFF_FIRST_S
+        resume_pending = True
+        try:
+            while not stop.is_set():
+                try:
+                    if self._retry is not None:
+                        entries, deliveries = self._retry
+                        self._process(entries, deliveries)
+                    if resume_pending:
+                        self._ensure_group()
+                        self._drain_own_pending(stop)
+                        resume_pending = False
+                    if self.clock() >= self._next_claim:
+                        self._claim_stale(stop)
+                    self._read_new()
+                    self._recovered()
+                    delay = BACKOFF_FIRST_S
+                    continue
+                except REDIS_ERRORS as exc:
+                    self._fault("redis_unreachable", exc)
+                    resume_pending = True
+                except redis.ResponseError as exc:
+                    kind = "redis_nogroup" if "NOGROUP" in str(exc) else "redis_error"
+                    self._fault(kind, exc)
+                    resume_pending = True
+                except Transient as exc:
+                    self._fault(exc.kind, exc)
+                except Exception as exc:  # a defect must not kill the loop: back off, redeliver, count it
+                    log.exception("unexpected error in the consumer loop")
+                    self._fault("internal_error", exc)
+                    self._retry = None
+                    resume_pending = True
+                stop.wait(delay)
+                delay = min(delay * 2, BACKOFF_CAP_S)
+        finally:
+            self.stats.running = False
+            self.stats.state = "stopped"
+
+    def _ensure_group(self) -> None:
+        try:
+            self.redis.xgroup_create(
+                self.settings.stream, self.settings.group, id=self.settings.group_start_id, mkstream=True
+            )
+            log.info("created consumer group", stream=self.settings.stream, group=self.settings.group)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _drain_own_pending(self, stop: threading.Event) -> None:
+        """Re-process entries delivered to this consumer but never acknowledged (a crash, a Redis outage)."""
+        start: bytes | str = "0"
+        while not stop.is_set():
+            reply = self.redis.xreadgroup(
+                self.settings.group, self.name, {self.settings.stream: start}, count=self.settings.max_batch_size
+            )
+            entries = _entries(reply)
+            if not entries:
+                return
+            self._process(entries, self._delivery_counts(entries))
+            start = entries[-1][0]
+
+    def _claim_stale(self, stop: threading.Event) -> None:
+        """Take over entries other consumers left idle for longer than claim_idle_ms."""
+        self._next_claim = self.clock() + self.settings.claim_interval_s
+        cursor: bytes | str = "0-0"
+        while not stop.is_set():
+            reply = self.redis.xautoclaim(
+                self.settings.stream,
+                self.settings.group,
+                self.name,
+                min_idle_time=self.settings.claim_idle_ms,
+                start_id=cursor,
+                count=self.settings.max_batch_size,
+            )
+            cursor, claimed = reply[0], [(eid, fields) for eid, fields in reply[1] if eid is not None]
+            deleted = reply[2] if len(reply) > 2 else []
+            gone: list[RawEntry] = [(eid, None) for eid in deleted]
+            if claimed or gone:
+                log.info("claimed stale entries", count=len(claimed), deleted=len(gone))
+                counts = self._delivery_counts(claimed) if claimed else {}
+                self._process(claimed + gone, counts)
+            if cursor in (b"0-0", "0-0"):
+                return
+
+    def _read_new(self) -> None:
+        reply = self.redis.xreadgroup(
+            self.settings.group,
+            self.name,
+            {self.settings.stream: ">"},
+            count=self.settings.max_batch_size,
+            block=self.settings.block_ms,
+        )
+        entries = _entries(reply)
+        if entries:
+            self._process(entries, {})
+
+    def _delivery_counts(self, entries: list[RawEntry]) -> dict[str, int]:
+        rows = self.redis.xpending_range(
+            self.settings.stream,
+            self.settings.group,
+            min=entries[0][0],
+            max=entries[-1][0],
+            count=len(entries),
+            consumername=self.name,
+        )
+        return {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}  # type: ignore[arg-type]
+
+    # -- one batch --------------------------------------------------------------------------------------------------
+
+    def _process(self, entries: list[RawEntry], deliveries: dict[str, int]) -> None:
+        """Commit ``entries`` to the store, then acknowledge them. On a disk failure keep them for a retry."""
+        self._retry = (entries, deliveries)
+        batch = self.store.begin()
+        reasons: dict[str, int] = {}
+        try:
+            for raw_id, fields in entries:
+                entry_id = _text(raw_id)
+                count = deliveries.get(entry_id, 1)
+                try:
+                    if count > self.settings.max_deliveries:
+                        raise BadEntry("too_many_deliveries", f"delivered {count} times")
+                    event = decode(entry_id, fields, max_entry_bytes=self.settings.max_entry_bytes)
+                    batch.apply(event, project(event, batch.view(event)))
+                except BadEntry as exc:
+                    if batch.dead_letter(self._dead_letter_body(entry_id, fields, exc, count)):
+                        reasons[exc.reason] = reasons.get(exc.reason, 0) + 1
+        except OSError as exc:
+            batch.abort()
+            raise DiskError(f"reading the logs directory failed: {exc}", exc.errno) from exc
+        except BaseException:
+            batch.abort()
+            raise
+        result = batch.commit()  # durable from here on: safe to acknowledge
+        self._retry = None
+        # An XACK lost to a Redis failure is harmless: the entries are redelivered, found on disk, and skipped.
+        self.redis.xack(self.settings.stream, self.settings.group, *[eid for eid, _ in entries])
+        self._count(result, len(entries), reasons)
+        if self.on_commit is not None:
+            self.on_commit(result)
+
+    def _dead_letter_body(
+        self, entry_id: str, fields: dict[bytes, bytes] | None, exc: BadEntry, deliveries: int
+    ) -> dict[str, Any]:
+        log.warning("dead-lettered entry", id=entry_id, reason=exc.reason, detail=exc.detail)
+        return {
+            "id": entry_id,
+            "reason": exc.reason,
+            "detail": exc.detail,
+            "deliveries": deliveries,
+            "stream": self.settings.stream,
+            "dead_lettered_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "fields": preserve_fields(fields),
+        }
+
+    def _count(self, result: CommitResult, size: int, reasons: dict[str, int]) -> None:
+        s = self.stats
+        s.events_written += result.written
+        s.duplicates_skipped += result.duplicates
+        s.dead_letters += result.dead_letters
+        s.tasks_processed += len(result.finished_tasks)
+        s.batches += 1
+        s.entries_acked += size
+        s.last_batch_at = self.clock()
+        s.last_batch_size = size
+        for name, n in result.by_type.items():
+            s.events_by_type[name] = s.events_by_type.get(name, 0) + n
+        for reason, n in reasons.items():
+            s.dead_letters_by_reason[reason] = s.dead_letters_by_reason.get(reason, 0) + n
+
+    # -- health ---------------------------------------------------------------------------------------------------
+
+    def _fault(self, kind: str, exc: BaseException) -> None:
+        s = self.stats
+        s.errors[kind] = s.errors.get(kind, 0) + 1
+        if s.fault != kind:  # say it once, not once per retry
+            log.error("consumer paused", reason=kind, error=str(exc))
+            s.fault, s.fault_since = kind, self.clock()
+        s.fault_detail = str(exc)
+        s.state = kind
+
+    def _recovered(self) -> None:
+        s = self.stats
+        if s.fault is not None:
+            log.info("consumer recovered", reason=s.fault, after_s=round(self.clock() - (s.fault_since or 0), 2))
+        s.fault = s.fault_detail = s.fault_since = None
+        s.state = "running"
+
+
+def _entries(reply: Any) -> list[RawEntry]:
+    if not reply:
+        return []
+    return list(reply[0][1])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

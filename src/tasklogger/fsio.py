@@ -1,0 +1,88 @@
+"""Low-level file helpers for the store: no-follow opens relative to directory fds, full writes, parallel fsync."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` (os.write may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def read_file(dir_fd: int, name: str) -> bytes | None:
+    """The whole content of ``name`` in ``dir_fd`` (never through a symlink); None if it does not exist."""
+    try:
+        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def open_dir(name: str, *, dir_fd: int | None = None, create: bool = False) -> tuple[int, bool]:
+    """Open directory ``name`` without following a symlink; create it first if asked.
+
+    Returns (fd, created). Raises NotADirectoryError or OSError(ELOOP) for a symlink or a file in the way.
+    """
+    created = False
+    if create:
+        try:
+            os.mkdir(name, 0o755, dir_fd=dir_fd)
+            created = True
+        except FileExistsError:
+            pass
+    return os.open(name, DIR_FLAGS, dir_fd=dir_fd), created
+
+
+class Syncer:
+    """fsyncs many descriptors at once: fsync releases the GIL, so a small pool overlaps the disk waits."""
+
+    def __init__(self, threads: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fsync") if threads > 1 else None
+
+    def fsync_all(self, fds: Iterable[int]) -> None:
+        """fsync every fd; raises the first OSError after all have been tried."""
+        self.run_all(os.fsync, fds)
+
+    def run_all(self, func: Callable[[int], None], fds: Iterable[int]) -> None:
+        """Call ``func`` on every fd, in parallel when there are several."""
+        items = list(fds)
+        if self._pool is None or len(items) <= 1:
+            for fd in items:
+                func(fd)
+            return
+        errors = [exc for exc in self._pool.map(_capture(func), items) if exc is not None]
+        if errors:
+            raise errors[0]
+
+    def close(self) -> None:
+        """Stop the pool's threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+def _capture(func: Callable[[int], None]) -> Callable[[int], OSError | None]:
+    def call(fd: int) -> OSError | None:
+        try:
+            func(fd)
+        except OSError as exc:
+            return exc
+        return None
+
+    return call

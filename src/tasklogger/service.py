@@ -1,0 +1,121 @@
+"""Wiring: settings -> embedded Redis (if needed) -> store -> consumer thread -> HTTP server.
+
+``run`` is what ``tasklogger serve`` / ``consume`` / ``api`` call. SIGTERM or SIGINT finishes the batch in hand
+(commit, then XACK) and exits 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+import redis
+import structlog
+import uvicorn
+
+from .api import Runtime, create_app
+from .config import Settings
+from .consumer import Consumer
+from .embedded import EmbeddedRedis
+from .errors import ConfigError, DiskError
+from .store import Store
+
+log = structlog.get_logger(__name__)
+
+#: How long a stopping consumer may take to finish its batch before the process exits anyway.
+STOP_GRACE_S = 4.0
+
+
+def redis_client(url: str, settings: Settings) -> redis.Redis:
+    """A client whose reads outlast one blocking XREADGROUP but notice a dead server within seconds."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=settings.block_ms / 1000 + 5,
+        socket_connect_timeout=2,
+        socket_keepalive=True,
+        health_check_interval=30,
+    )
+
+
+@contextlib.contextmanager
+def redis_url(settings: Settings) -> Iterator[str]:
+    """The Redis to use: REDIS_URL, or an embedded server for the lifetime of the block."""
+    if settings.redis_url:
+        yield settings.redis_url
+        return
+    server = EmbeddedRedis(settings.state_dir / "redis", port=settings.embedded_redis_port)
+    url = server.start()
+    print(f"tasklogger: embedded Redis at {url} — producers XADD to stream {settings.stream!r} there", file=sys.stderr)
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+def open_store(settings: Settings) -> Store:
+    """Open the logs directory for writing, or raise ConfigError naming it."""
+    store = Store(settings.logs_dir, fsync_threads=settings.fsync_threads)
+    try:
+        store.open()
+        probe = settings.state_dir / ".write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except (DiskError, OSError) as exc:
+        raise ConfigError(f"logs directory {settings.logs_dir} cannot be created or written: {exc}") from None
+    return store
+
+
+def run(settings: Settings, *, consume: bool = True, serve_api: bool = True) -> None:
+    """Run the consumer and/or the API until SIGTERM/SIGINT."""
+    store = open_store(settings) if consume else None
+    if store is not None:
+        store.lock()
+    with redis_url(settings) as url:
+        client = redis_client(url, settings)
+        consumer = None
+        stop = threading.Event()
+        thread = None
+        if store is not None:
+            consumer = Consumer(settings, client, store, settings.consumer_name or store.consumer_name())
+            thread = threading.Thread(target=consumer.run, args=(stop,), name="consumer", daemon=True)
+            thread.start()
+            log.info(
+                "consuming",
+                stream=settings.stream,
+                group=settings.group,
+                consumer=consumer.name,
+                logs_dir=str(settings.logs_dir),
+            )
+        try:
+            if serve_api:
+                app = create_app(Runtime(settings, redis_client(url, settings), consumer))
+                config = uvicorn.Config(
+                    app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                    timeout_graceful_shutdown=2, access_log=False,
+                )  # fmt: skip
+                uvicorn.Server(config).run()  # returns after SIGTERM/SIGINT
+            else:
+                _wait_for_signal(stop)
+        finally:
+            stop.set()
+            if thread is not None:
+                thread.join(STOP_GRACE_S)
+                if thread.is_alive():
+                    log.error("consumer did not stop in time; its unacknowledged entries will be redelivered")
+            if store is not None:
+                store.close()
+            client.close()
+
+
+def _wait_for_signal(stop: threading.Event) -> None:
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    while not stop.wait(0.5):
+        pass

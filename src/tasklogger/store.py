@@ -1,0 +1,657 @@
+"""The store: the only code that writes to the logs directory.
+
+A batch collects the operations of many events in memory, then ``commit`` makes all of them durable at once
+(group commit): JSON views are written to temp files, fsynced and renamed; JSONL records are appended with one
+write and one fsync per touched file; every directory that gained or lost an entry is fsynced; only then does
+``commit`` return and the caller may XACK. Nothing here is acknowledged on a failure: the batch's appends are
+cut back, every cached head is dropped, and the caller retries the same entries after a back-off.
+
+Exactly once: every JSONL record carries its stream entry id; the store keeps each file's chain head (seq, hash,
+highest id, valid size), recovered from the file's last line when the file is first touched, and skips a record
+whose id is already in the file. A partial last line left by a crash is cut before the next append.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import secrets
+import socket
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from . import records
+from .config import STATE_DIR_NAME
+from .errors import AlreadyRunning, BadEntry, DiskError
+from .fsio import APPEND_FLAGS, CREATE_FLAGS, READ_FLAGS, Syncer, open_dir, read_file, write_all
+from .projector import INPUT, WEBHOOK_FLOW, AdoptWebhook, Append, Op, ReplaceJson, TaskFile, View, WebhookBuffer
+from .wire import Event
+
+log = structlog.get_logger(__name__)
+
+DirKey = tuple[str, ...]
+STATE_DIR: DirKey = (STATE_DIR_NAME,)
+WEBHOOKS_DIR = "webhooks"
+QUARANTINE_DIR = "quarantine"
+DEAD_LETTERS = "dead-letters.jsonl"
+_TAIL_CHUNK = 64 * 1024
+_ID_RE = re.compile(rb'^\{"seq":\d+,"id":"([^"\\]+)"', re.MULTILINE)
+
+
+@dataclass(slots=True)
+class Head:
+    """Where a JSONL file's chain stands."""
+
+    seq: int
+    hash: bytes
+    #: Highest stream id in the file, as a sort key; None for an empty file.
+    max_key: tuple[int, int] | None
+    size: int
+
+
+@dataclass(slots=True)
+class JsonlFile:
+    """One JSONL file: its committed head, and what the open batch adds to it."""
+
+    dir_key: DirKey
+    name: str
+    committed: Head
+    exists: bool
+    head: Head = field(init=False)
+    pending: list[bytes] = field(default_factory=list)
+    pending_bodies: list[dict[str, Any]] = field(default_factory=list)
+    #: Every id in the file, loaded only when an id at or below the head must be checked (rare).
+    ids: set[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.head = Head(self.committed.seq, self.committed.hash, self.committed.max_key, self.committed.size)
+
+    @property
+    def relpath(self) -> str:
+        """Path relative to the logs directory, ``/``-separated (the chain's genesis input)."""
+        return "/".join((*self.dir_key, self.name))
+
+
+@dataclass(slots=True)
+class CommitResult:
+    """What one committed batch did, for the metrics and the index."""
+
+    written: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    tasks: set[str] = field(default_factory=set)
+    finished_tasks: set[str] = field(default_factory=set)
+    by_type: dict[str, int] = field(default_factory=dict)
+
+
+class _Lru(OrderedDict[Any, Any]):
+    """A dict that forgets its least recently used entries beyond ``limit``: memory stays flat over 1M tasks."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def get_fresh(self, key: Any) -> Any:
+        value = self.get(key, _MISSING)
+        if value is not _MISSING:
+            self.move_to_end(key)
+        return value
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
+_MISSING = object()
+
+
+def webhook_dir(webhook_id: str) -> DirKey:
+    """The reserved directory of a webhook id's buffer: sharded so no directory grows past a few thousand files."""
+    shard = hashlib.sha1(webhook_id.encode()).hexdigest()[:2]
+    return (STATE_DIR_NAME, WEBHOOKS_DIR, shard)
+
+
+class Store:
+    """Owns every byte under the logs directory. Not thread-safe: one batch at a time, from one thread."""
+
+    def __init__(self, logs_dir: Path, *, fsync_threads: int = 8, cache_size: int = 4096) -> None:
+        self.root = logs_dir
+        self._syncer = Syncer(fsync_threads)
+        self._files: _Lru = _Lru(cache_size)
+        self._inputs: _Lru = _Lru(cache_size)
+        self._webhook_tasks: _Lru = _Lru(cache_size)
+        self._known_dirs: _Lru = _Lru(cache_size)
+        self._root_fd = -1
+        self._lock_fd = -1
+        self._batch: _Batch | None = None
+
+    # -- life cycle ---------------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the logs directory and create the reserved state directory (durably)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd, created = open_dir(STATE_DIR_NAME, dir_fd=self._root_fd, create=True)
+            os.close(fd)
+            if created:
+                os.fsync(self._root_fd)
+        except OSError as exc:
+            raise DiskError(f"cannot open logs directory {self.root}: {exc.strerror}", exc.errno) from exc
+
+    def close(self) -> None:
+        """Release the directory descriptor, the writer lock and the fsync threads."""
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = -1
+        self._syncer.close()
+
+    def lock(self) -> None:
+        """Become the only writer of this logs directory; raises AlreadyRunning if another process is.
+
+        An flock dies with its process, so a kill -9 never leaves a stale lock behind.
+        """
+        path = self.root / STATE_DIR_NAME / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise AlreadyRunning(f"{self.root} is already written by pid {holder}; stop it first") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def consumer_name(self) -> str:
+        """This logs directory's stable consumer name, created once, so a restart finds its own pending entries."""
+        path = self.root / STATE_DIR_NAME / "consumer-name"
+        try:
+            name = path.read_text().strip()
+            if name:
+                return name
+        except FileNotFoundError:
+            pass
+        name = f"tasklogger-{socket.gethostname()[:40]}-{secrets.token_hex(4)}"
+        tmp = path.with_name(".consumer-name.tmp")
+        fd = os.open(tmp, CREATE_FLAGS, 0o644)
+        try:
+            write_all(fd, name.encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return name
+
+    def forget(self) -> None:
+        """Drop every cached head: the next batch recovers them from disk (after a failed commit)."""
+        self._files.clear()
+        self._inputs.clear()
+        self._webhook_tasks.clear()
+        self._known_dirs.clear()
+
+    # -- batches ------------------------------------------------------------------------------------------
+
+    def begin(self) -> _Batch:
+        """Start a batch; ``commit`` or ``abort`` it before the next."""
+        assert self._batch is None, "a batch is already open"
+        self._batch = _Batch(self)
+        return self._batch
+
+    # -- state recovery (read side of the store, used while projecting) -------------------------------------
+
+    def _dir_fd(self, batch: _Batch, key: DirKey, *, create: bool) -> int | None:
+        """An fd for directory ``key`` (cached for the batch); None if it does not exist and ``create`` is off."""
+        if key in batch.dir_fds:
+            return batch.dir_fds[key]
+        parent = self._root_fd
+        for depth in range(1, len(key) + 1):
+            sub = key[:depth]
+            if sub in batch.dir_fds:
+                parent = batch.dir_fds[sub]
+                continue
+            try:
+                fd, created = open_dir(sub[-1], dir_fd=parent, create=create)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                if exc.errno in (errno.ENOTDIR, errno.ELOOP):  # a file or a symlink where a directory belongs
+                    raise BadEntry("task_directory_unsafe", f"{'/'.join(sub)} is not a plain directory") from None
+                raise
+            batch.dir_fds[sub] = fd
+            if created:
+                batch.sync_dirs.add(sub[:-1])
+            parent = fd
+        return parent
+
+    def _jsonl(self, batch: _Batch, key: DirKey, name: str) -> JsonlFile:
+        cache_key = (key, name)
+        cached = batch.files.get(cache_key) or self._files.get_fresh(cache_key)
+        if cached is _MISSING or cached is None:
+            cached = self._recover(batch, key, name)
+            self._files.put(cache_key, cached)
+        return cached
+
+    def _recover(self, batch: _Batch, key: DirKey, name: str) -> JsonlFile:
+        """Read a JSONL file's chain head from its last line, cutting a partial tail first."""
+        relpath = "/".join((*key, name))
+        empty = Head(0, records.genesis(relpath), None, 0)
+        dir_fd = self._dir_fd(batch, key, create=False)
+        if dir_fd is None:
+            return JsonlFile(key, name, empty, exists=False)
+        try:
+            fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return JsonlFile(key, name, empty, exists=False)
+        try:
+            size = os.fstat(fd).st_size
+            valid_end = _last_newline_end(fd, size)
+            while valid_end > 0:
+                line_start = _line_start(fd, valid_end - 1)
+                line = os.pread(fd, valid_end - line_start, line_start)
+                try:
+                    last = records.parse_line(line)
+                except records.RecordError as exc:
+                    # A whole line that is not a record is damage (or tampering): keep it aside, never lose it.
+                    self._quarantine(relpath, line_start, line, str(exc))
+                    valid_end = line_start
+                    continue
+                head = Head(last.seq, last.hash, records.stream_id_key(last.entry_id), valid_end)
+                break
+            else:
+                head = empty
+        finally:
+            os.close(fd)
+        if head.size != size:
+            log.warning("cut partial tail", file=relpath, size=size, kept=head.size)
+            wfd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            try:
+                os.ftruncate(wfd, head.size)
+                os.fsync(wfd)
+            finally:
+                os.close(wfd)
+        return JsonlFile(key, name, head, exists=True)
+
+    def _quarantine(self, relpath: str, offset: int, data: bytes, why: str) -> None:
+        log.error("damaged record moved to quarantine", file=relpath, offset=offset, reason=why)
+        state_fd = os.open(STATE_DIR_NAME, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self._root_fd)
+        try:
+            qfd, _created = open_dir(QUARANTINE_DIR, dir_fd=state_fd, create=True)
+            os.fsync(state_fd)
+        finally:
+            os.close(state_fd)
+        try:
+            name = f"{relpath.replace('/', '__')}.{offset}.bin"
+            fd = os.open(name, CREATE_FLAGS, 0o644, dir_fd=qfd)
+            try:
+                write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.fsync(qfd)
+        finally:
+            os.close(qfd)
+
+    def _ids_in(self, batch: _Batch, f: JsonlFile) -> set[str]:
+        """Every stream id already in ``f`` (committed and pending); loaded once, only for out-of-order ids."""
+        if f.ids is None:
+            ids: set[str] = set()
+            dir_fd = self._dir_fd(batch, f.dir_key, create=False)
+            if f.exists and dir_fd is not None:
+                fd = os.open(f.name, READ_FLAGS, dir_fd=dir_fd)
+                try:
+                    content = os.pread(fd, f.committed.size, 0)
+                finally:
+                    os.close(fd)
+                ids.update(m.decode() for m in _ID_RE.findall(content))
+            ids.update(body["id"] for body in f.pending_bodies)
+            f.ids = ids
+        return f.ids
+
+    def _input_doc(self, batch: _Batch, task_id: str) -> dict[str, Any] | None:
+        if (task_id, INPUT) in batch.json:
+            return batch.json[(task_id, INPUT)]
+        cached = self._inputs.get_fresh(task_id)
+        if cached is not _MISSING:
+            return cached  # type: ignore[no-any-return]
+        doc = self._read_json(batch, (task_id,), INPUT)
+        self._inputs.put(task_id, doc)
+        return doc
+
+    def _read_json(self, batch: _Batch, key: DirKey, name: str) -> dict[str, Any] | None:
+        dir_fd = self._dir_fd(batch, key, create=False)
+        raw = read_file(dir_fd, name) if dir_fd is not None else None
+        if raw is None:
+            return None
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            log.error("unreadable JSON view will be rewritten", file="/".join((*key, name)))
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def _webhook_task(self, batch: _Batch, webhook_id: str) -> str | None:
+        if webhook_id in batch.webhook_tasks:
+            return batch.webhook_tasks[webhook_id]
+        cached = self._webhook_tasks.get_fresh(webhook_id)
+        if cached is not _MISSING:
+            return cached  # type: ignore[no-any-return]
+        doc = self._read_json(batch, webhook_dir(webhook_id), f"{webhook_id}.task")
+        task = doc.get("task_id") if doc else None
+        task = task if isinstance(task, str) else None
+        self._webhook_tasks.put(webhook_id, task)
+        return task
+
+
+class _Batch:
+    """One group commit. Created by Store.begin()."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.dir_fds: dict[DirKey, int] = {}
+        self.sync_dirs: set[DirKey] = set()
+        self.files: dict[tuple[DirKey, str], JsonlFile] = {}
+        self.json: dict[tuple[str, str], dict[str, Any]] = {}
+        self.webhook_tasks: dict[str, str] = {}
+        self.markers: dict[str, str] = {}
+        self.unlinks: list[tuple[DirKey, str]] = []
+        self.result = CommitResult()
+
+    # -- building ---------------------------------------------------------------------------------------------
+
+    def view(self, event: Event) -> View:
+        """What the projector needs to know about ``event``'s task, read from the batch or the disk."""
+        store = self.store
+        if event.task_id is None:
+            assert event.webhook_event_id is not None
+            return View(webhook_task=store._webhook_task(self, event.webhook_event_id))
+        if event.type in ("task:created", "task:context_built"):
+            return View(input_doc=store._input_doc(self, event.task_id))
+        return View()
+
+    def apply(self, event: Event, ops: list[Op]) -> bool:
+        """Add an event's operations; returns False (and changes nothing) if the event is already stored."""
+        primary = next(op for op in ops if isinstance(op, Append))
+        if self._is_stored(primary):
+            for op in ops:
+                if isinstance(op, AdoptWebhook):
+                    self._adopt(op)  # idempotent: finishes a move a crash interrupted
+            self.result.duplicates += 1
+            return False
+        for op in ops:
+            if isinstance(op, Append):
+                self._append(self._file_of(op.target), op.body)
+            elif isinstance(op, ReplaceJson):
+                self.json[(op.task_id, op.name)] = op.content
+            else:
+                self._adopt(op)
+        self.result.written += 1
+        self.result.by_type[event.type] = self.result.by_type.get(event.type, 0) + 1
+        if event.task_id is not None:
+            self.result.tasks.add(event.task_id)
+            if event.type in ("task:completed", "task:failed"):
+                self.result.finished_tasks.add(event.task_id)
+        elif isinstance(primary.target, TaskFile):
+            self.result.tasks.add(primary.target.task_id)
+        return True
+
+    def dead_letter(self, body: dict[str, Any]) -> bool:
+        """Append a dead-letter record (``body`` holds ``id``, ``reason``, ...); False if already recorded."""
+        f = self.store._jsonl(self, STATE_DIR, DEAD_LETTERS)
+        if self._append(f, body):
+            self.result.dead_letters += 1
+            return True
+        self.result.duplicates += 1
+        return False
+
+    def _file_of(self, target: TaskFile | WebhookBuffer) -> JsonlFile:
+        if isinstance(target, TaskFile):
+            return self.store._jsonl(self, (target.task_id,), target.name)
+        return self.store._jsonl(self, webhook_dir(target.webhook_id), f"{target.webhook_id}.jsonl")
+
+    def _is_stored(self, op: Append) -> bool:
+        f = self._file_of(op.target)
+        key = records.stream_id_key(op.body["id"])
+        if f.head.max_key is None or key > f.head.max_key:
+            return False
+        return op.body["id"] in self.store._ids_in(self, f)
+
+    def _append(self, f: JsonlFile, body: dict[str, Any]) -> bool:
+        entry_id = body["id"]
+        key = records.stream_id_key(entry_id)
+        head = f.head
+        if head.max_key is not None and key <= head.max_key and entry_id in self.store._ids_in(self, f):
+            return False
+        seq = head.seq + 1
+        line, digest = records.encode({"seq": seq, **body}, head.hash)
+        f.pending.append(line)
+        f.pending_bodies.append(body)
+        if f.ids is not None:
+            f.ids.add(entry_id)
+        f.head = Head(
+            seq, digest, key if head.max_key is None or key > head.max_key else head.max_key, head.size + len(line)
+        )
+        self.files[(f.dir_key, f.name)] = f
+        return True
+
+    def _adopt(self, op: AdoptWebhook) -> None:
+        store = self.store
+        if store._webhook_task(self, op.webhook_id) is None:
+            self.webhook_tasks[op.webhook_id] = op.task_id
+            self.markers[op.webhook_id] = op.task_id
+        buffer = store._jsonl(self, webhook_dir(op.webhook_id), f"{op.webhook_id}.jsonl")
+        if not buffer.exists and not buffer.pending:
+            return
+        target = store._jsonl(self, (op.task_id,), WEBHOOK_FLOW)
+        for body in self._buffered_bodies(buffer):
+            self._append(target, body)
+        buffer.pending.clear()
+        buffer.pending_bodies.clear()
+        self.files.pop((buffer.dir_key, buffer.name), None)
+        if buffer.exists:
+            self.unlinks.append((buffer.dir_key, buffer.name))
+        store._files.pop((buffer.dir_key, buffer.name), None)
+        self.result.tasks.add(op.task_id)
+
+    def _buffered_bodies(self, buffer: JsonlFile) -> Iterator[dict[str, Any]]:
+        if buffer.exists and buffer.committed.size:
+            dir_fd = self.store._dir_fd(self, buffer.dir_key, create=False)
+            assert dir_fd is not None
+            fd = os.open(buffer.name, READ_FLAGS, dir_fd=dir_fd)
+            try:
+                content = os.pread(fd, buffer.committed.size, 0)
+            finally:
+                os.close(fd)
+            for offset, line in _lines_with_offsets(content):
+                try:
+                    body = records.parse_line(line).body
+                except records.RecordError as exc:
+                    self.store._quarantine(buffer.relpath, offset, line, str(exc))
+                    continue
+                del body["seq"]
+                yield body
+        yield from list(buffer.pending_bodies)
+
+    # -- committing -------------------------------------------------------------------------------------------
+
+    def commit(self) -> CommitResult:
+        """Make the whole batch durable; raises DiskError (after undoing what it can) if the disk refuses."""
+        store = self.store
+        try:
+            try:
+                self._write_json_views()
+                self._append_records()
+                store._syncer.fsync_all(self._fds_of(self.sync_dirs))
+            except OSError as exc:
+                self._undo_appends()
+                store.forget()
+                raise DiskError(f"writing the logs directory failed: {exc}", exc.errno) from exc
+            # Everything is durable now; removing adopted buffers is clean-up that a later adoption redoes.
+            try:
+                self._unlink_adopted()
+            except OSError as exc:
+                log.warning("could not remove adopted webhook buffers", error=str(exc))
+            for f in self.files.values():
+                f.committed = Head(f.head.seq, f.head.hash, f.head.max_key, f.head.size)
+                f.exists = True
+                f.pending.clear()
+                f.pending_bodies.clear()
+                store._files.put((f.dir_key, f.name), f)
+            for (task_id, name), doc in self.json.items():
+                if name == INPUT:
+                    store._inputs.put(task_id, doc)
+            for webhook_id, task_id in self.webhook_tasks.items():
+                store._webhook_tasks.put(webhook_id, task_id)
+            return self.result
+        finally:
+            self._close()
+
+    def abort(self) -> None:
+        """Forget the batch (after an error while building it): nothing was written."""
+        for f in self.files.values():
+            f.pending.clear()
+            f.pending_bodies.clear()
+            f.head = Head(f.committed.seq, f.committed.hash, f.committed.max_key, f.committed.size)
+        self.store.forget()
+        self._close()
+
+    def _close(self) -> None:
+        for fd in self.dir_fds.values():
+            os.close(fd)
+        self.dir_fds.clear()
+        self.store._batch = None
+
+    def _fds_of(self, keys: set[DirKey]) -> list[int]:
+        return [self.store._root_fd if not key else self._ensure_dir(key) for key in keys]
+
+    def _ensure_dir(self, key: DirKey) -> int:
+        fd = self.store._dir_fd(self, key, create=True)
+        assert fd is not None
+        return fd
+
+    def _write_json_views(self) -> None:
+        """Temp file, fsync, rename: a reader or a crash sees the old view or the new one, never a mix."""
+        writes: list[tuple[int, DirKey, str, bytes]] = []
+        for (task_id, name), doc in self.json.items():
+            content = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+            writes.append((self._ensure_dir((task_id,)), (task_id,), name, content))
+        for webhook_id, task_id in self.markers.items():
+            key = webhook_dir(webhook_id)
+            writes.append((self._ensure_dir(key), key, f"{webhook_id}.task", orjson.dumps({"task_id": task_id})))
+        fds: list[int] = []
+        try:
+            for dir_fd, _key, name, content in writes:
+                fd = os.open(f".{name}.tmp", CREATE_FLAGS, 0o644, dir_fd=dir_fd)
+                fds.append(fd)
+                write_all(fd, content + b"\n")
+            self.store._syncer.fsync_all(fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        for dir_fd, key, name, _content in writes:
+            # The temp file is fsynced, so the rename publishes complete bytes; the directory fsync below makes
+            # the rename itself survive a power loss.
+            os.rename(f".{name}.tmp", name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            self.sync_dirs.add(key)
+
+    def _append_records(self) -> None:
+        fds: list[int] = []
+        try:
+            for f in self.files.values():
+                if not f.pending:
+                    continue
+                fd = os.open(f.name, APPEND_FLAGS, 0o644, dir_fd=self._ensure_dir(f.dir_key))
+                fds.append(fd)
+                if not f.exists:
+                    self.sync_dirs.add(f.dir_key)  # the new file's directory entry must be durable too
+                write_all(fd, b"".join(f.pending))
+            # One fsync per touched file; a failed fsync is never retried on this fd (the kernel may have
+            # dropped the dirty pages): the batch is undone and rewritten from the stream's redelivery.
+            self.store._syncer.fsync_all(fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _unlink_adopted(self) -> None:
+        dirs: set[DirKey] = set()
+        for key, name in self.unlinks:
+            dir_fd = self.store._dir_fd(self, key, create=False)
+            if dir_fd is None:
+                continue
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+                dirs.add(key)
+            except FileNotFoundError:
+                pass
+        self.store._syncer.fsync_all(self._fds_of(dirs))
+
+    def _undo_appends(self) -> None:
+        """Best effort: cut every file this batch appended to back to its committed size."""
+        for f in self.files.values():
+            dir_fd = self.dir_fds.get(f.dir_key)
+            if dir_fd is None:
+                continue
+            try:
+                if not f.exists:
+                    os.unlink(f.name, dir_fd=dir_fd)
+                    continue
+                fd = os.open(f.name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+                try:
+                    os.ftruncate(fd, f.committed.size)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass  # the next batch's recovery cuts any partial tail and the dedup skips what is complete
+
+
+def _last_newline_end(fd: int, size: int) -> int:
+    """Offset just past the last newline in the file (0 if none)."""
+    end = size
+    while end > 0:
+        start = max(0, end - _TAIL_CHUNK)
+        chunk = os.pread(fd, end - start, start)
+        pos = chunk.rfind(b"\n")
+        if pos >= 0:
+            return start + pos + 1
+        end = start
+    return 0
+
+
+def _line_start(fd: int, newline_at: int) -> int:
+    """Offset of the first byte of the line that ends with the newline at ``newline_at``."""
+    end = newline_at
+    while end > 0:
+        start = max(0, end - _TAIL_CHUNK)
+        chunk = os.pread(fd, end - start, start)
+        pos = chunk.rfind(b"\n")
+        if pos >= 0:
+            return start + pos + 1
+        end = start
+    return 0
+
+
+def _lines_with_offsets(content: bytes) -> Iterator[tuple[int, bytes]]:
+    offset = 0
+    for line in content.splitlines(keepends=True):
+        yield offset, line
+        offset += len(line)
