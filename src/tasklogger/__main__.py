@@ -1,0 +1,5 @@
+"""``python -m tasklogger`` runs the CLI."""
+
+from .cli import main
+
+main()

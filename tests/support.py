@@ -1,0 +1,260 @@
+"""Test helpers shared by every suite: a real redis-server process, a publisher, the service as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tasklogger.config import Settings
+from tasklogger.consumer import Consumer
+from tasklogger.embedded import find_server_binary
+from tasklogger.store import Store
+
+
+def free_port() -> int:
+    """A TCP port on loopback nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, interval: float = 0.02, what: str = "") -> None:
+    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+class RedisProcess:
+    """A private redis-server on a free loopback port, with its data in ``data_dir`` (AOF on)."""
+
+    def __init__(self, data_dir: Path, *, appendonly: bool = True) -> None:
+        binary = find_server_binary()
+        assert binary, "redis-server is not installed (apt-get install redis-server)"
+        self.binary = binary
+        self.data_dir = data_dir
+        self.appendonly = appendonly
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+            "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+            "--daemonize", "no", "--logfile", str(self.data_dir / "redis.log"),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        client = self.client()
+        wait_until(lambda: _pings(client), timeout=10, what="redis-server to answer")
+        client.close()
+        return self
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=5, **kwargs)
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM: the AOF is flushed)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def wipe(self) -> None:
+        """Forget all data (for 'restarted empty')."""
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+        return False
+
+
+class Publisher:
+    """Writes entries the way the producers do: plain XADD of string fields, ``data`` as a JSON string."""
+
+    def __init__(self, client: redis.Redis, stream: str = "task_events") -> None:
+        self.client = client
+        self.stream = stream
+        self.ids: list[str] = []
+
+    def raw(self, fields: dict[str | bytes, str | bytes]) -> str:
+        entry_id = self.client.xadd(self.stream, fields)  # type: ignore[arg-type]
+        text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        self.ids.append(text)
+        return text
+
+    def event(
+        self,
+        event_type: str,
+        *,
+        task_id: str | None = None,
+        webhook_event_id: str | None = None,
+        data: dict[str, Any] | None = None,
+        timestamp: str | None = "2026-01-31T12:00:00Z",
+        **extra: str,
+    ) -> str:
+        fields: dict[str | bytes, str | bytes] = {"type": event_type}
+        if timestamp is not None:
+            fields["timestamp"] = timestamp
+        if task_id is not None:
+            fields["task_id"] = task_id
+        if webhook_event_id is not None:
+            fields["webhook_event_id"] = webhook_event_id
+        if data is not None:
+            fields["data"] = json.dumps(data)
+        fields.update(extra)
+        return self.raw(fields)
+
+
+def settings_for(redis_url: str, logs_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a test: fast blocking reads and claims, everything else default."""
+    values: dict[str, Any] = {"redis_url": redis_url, "logs_dir": logs_dir, "block_ms": 50}
+    values.update(overrides)
+    return Settings.from_env({}, **values)
+
+
+@dataclass
+class ConsumerRun:
+    """An in-process consumer thread over a real Redis and a real logs directory."""
+
+    settings: Settings
+    client: redis.Redis
+    store: Store
+    consumer: Consumer
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def start(self) -> ConsumerRun:
+        self.thread = threading.Thread(target=self.consumer.run, args=(self.stop,), daemon=True)
+        self.thread.start()
+        return self
+
+    def drained(self) -> bool:
+        """True when the group has read everything and nothing is pending."""
+        try:
+            groups = self.client.xinfo_groups(self.settings.stream)
+        except redis.ResponseError:
+            return False
+        for group in groups:
+            name = group["name"].decode() if isinstance(group["name"], bytes) else group["name"]
+            if name == self.settings.group:
+                return bool(group["lag"] == 0 and group["pending"] == 0)
+        return False
+
+    def wait_drained(self, timeout: float = 20.0) -> None:
+        wait_until(self.drained, timeout=timeout, what="the consumer to drain the stream")
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(10)
+            assert not self.thread.is_alive(), "consumer did not stop"
+        self.store.close()
+        self.client.close()
+
+
+@contextmanager
+def consumer_run(settings: Settings, *, name: str | None = None) -> Iterator[ConsumerRun]:
+    """Run a consumer thread for the duration of the block."""
+    store = Store(settings.logs_dir, fsync_threads=settings.fsync_threads)
+    store.open()
+    client = redis.Redis.from_url(settings.redis_url or "", socket_timeout=5)
+    run = ConsumerRun(settings, client, store, Consumer(settings, client, store, name or store.consumer_name()))
+    run.start()
+    try:
+        yield run
+    finally:
+        run.close()
+
+
+class ServiceProcess:
+    """``tasklogger serve`` (or another command) as a real subprocess, as a user or a supervisor runs it."""
+
+    def __init__(self, logs_dir: Path, redis_url: str | None, *, args: tuple[str, ...] = ("serve",),
+                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+        self.logs_dir = logs_dir
+        self.port = free_port()
+        self.args = args
+        self.env = dict(os.environ)
+        self.env.update({"LOGS_DIR": str(logs_dir), "PORT": str(self.port), "TASKLOGGER_BLOCK_MS": "50"})
+        if redis_url is not None:
+            self.env["REDIS_URL"] = redis_url
+        else:
+            self.env.pop("REDIS_URL", None)
+        self.env.update(env or {})
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = logs_dir.parent / f"service-{self.port}.log"
+
+    def start(self, *, wait_healthy: bool = True) -> ServiceProcess:
+        self.logs_dir.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tasklogger", *self.args], env=self.env, stdout=log, stderr=log,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        log.close()
+        if wait_healthy:
+            wait_until(lambda: self.get("/health")[0] == 200, timeout=20, what="the service to become healthy")
+        return self
+
+    def get(self, path: str) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return 0, None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def terminate(self, timeout: float = 10) -> int:
+        assert self.process is not None
+        self.process.terminate()
+        return self.process.wait(timeout)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
