@@ -30,11 +30,11 @@ log = structlog.get_logger(__name__)
 STOP_GRACE_S = 4.0
 
 
-def redis_client(url: str, settings: Settings) -> redis.Redis:
+def redis_client(url: str, settings: Settings, *, timeout_s: float | None = None) -> redis.Redis:
     """A client whose reads outlast one blocking XREADGROUP but notice a dead server within seconds."""
     return redis.Redis.from_url(
         url,
-        socket_timeout=settings.block_ms / 1000 + 5,
+        socket_timeout=timeout_s or settings.block_ms / 1000 + 5,
         socket_connect_timeout=2,
         socket_keepalive=True,
         health_check_interval=30,
@@ -92,7 +92,8 @@ def run(settings: Settings, *, consume: bool = True, serve_api: bool = True) -> 
             )
         try:
             if serve_api:
-                app = create_app(Runtime(settings, redis_client(url, settings), consumer))
+                # The API's own client answers probes quickly even when Redis hangs (SIGSTOP, overload).
+                app = create_app(Runtime(settings, redis_client(url, settings, timeout_s=1.0), consumer))
                 config = uvicorn.Config(
                     app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                     timeout_graceful_shutdown=2, access_log=False,

@@ -230,13 +230,18 @@ class Store:
                 parent = batch.dir_fds[sub]
                 continue
             try:
-                fd, created = open_dir(sub[-1], dir_fd=parent, create=create)
+                # mkdir only for directories not seen yet: one syscall less per task per batch.
+                fd, created = open_dir(sub[-1], dir_fd=parent, create=create and sub not in self._known_dirs)
             except FileNotFoundError:
-                return None
+                if not create:
+                    return None
+                self._known_dirs.pop(sub, None)  # removed behind our back: create it again
+                fd, created = open_dir(sub[-1], dir_fd=parent, create=True)
             except OSError as exc:
                 if exc.errno in (errno.ENOTDIR, errno.ELOOP):  # a file or a symlink where a directory belongs
                     raise BadEntry("task_directory_unsafe", f"{'/'.join(sub)} is not a plain directory") from None
                 raise
+            self._known_dirs.put(sub, True)
             batch.dir_fds[sub] = fd
             if created:
                 batch.sync_dirs.add(sub[:-1])
