@@ -79,13 +79,22 @@ def create_app(runtime: Runtime) -> FastAPI:
 def metrics_snapshot(runtime: Runtime) -> dict[str, Any]:
     """The JSON /metrics answers: Redis-side figures (null while Redis is unreachable) and the counters."""
     settings = runtime.settings
-    out: dict[str, Any] = {"queue_depth": None, "queue_lag": None, "pending": None, "redis": "ok"}
+    out: dict[str, Any] = {
+        "queue_depth": None,
+        "queue_lag": None,
+        "pending": None,
+        "oldest_pending_age_seconds": None,
+        "redis": "ok",
+    }
     try:
         out["queue_depth"] = runtime.redis.xlen(settings.stream)
         for group in runtime.redis.xinfo_groups(settings.stream):
             if _text(group.get("name")) == settings.group:
                 out["queue_lag"] = group.get("lag")
                 out["pending"] = group.get("pending")
+        if out["pending"]:
+            oldest = _text(runtime.redis.xpending(settings.stream, settings.group)["min"])
+            out["oldest_pending_age_seconds"] = round(max(0.0, time.time() - int(oldest.split("-")[0]) / 1000), 3)
     except redis.ResponseError:
         out["queue_depth"] = out["queue_depth"] or 0  # no stream yet
     except (redis.ConnectionError, redis.TimeoutError):

@@ -31,6 +31,10 @@ BACKOFF_CAP_S = 2.0
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
 
 
+class PoisonEntry(Exception):
+    """An entry whose processing failed with an unexpected error; it stays pending until max_deliveries."""
+
+
 @dataclass
 class ConsumerStats:
     """Counters and state of one consumer, read by /health and /metrics (plain ints: reads need no lock)."""
@@ -74,6 +78,8 @@ class Consumer:
         self.on_commit = on_commit
         self.stats = ConsumerStats()
         self._retry: tuple[list[RawEntry], dict[str, int]] | None = None
+        #: Last error of entries that failed processing (bounded), named in their dead letter.
+        self._failures: dict[str, str] = {}
         self._next_claim = 0.0
 
     def __repr__(self) -> str:
@@ -112,6 +118,9 @@ class Consumer:
                     resume_pending = True
                 except Transient as exc:
                     self._fault(exc.kind, exc)
+                except PoisonEntry as exc:
+                    self._fault("poison_entry", exc)
+                    resume_pending = True  # the culprit is redelivered with a higher count
                 except Exception as exc:  # a defect must not kill the loop: back off, redeliver, count it
                     log.exception("unexpected error in the consumer loop")
                     self._fault("internal_error", exc)
@@ -195,8 +204,50 @@ class Consumer:
     # -- one batch --------------------------------------------------------------------------------------------------
 
     def _process(self, entries: list[RawEntry], deliveries: dict[str, int]) -> None:
-        """Commit ``entries`` to the store, then acknowledge them. On a disk failure keep them for a retry."""
+        """Commit ``entries`` to the store, then acknowledge them. On a disk failure keep them for a retry.
+
+        If the batch fails for a reason that is neither the disk nor Redis (a defect triggered by one entry), the
+        entries are committed one by one so that only the culprit stays pending; it is redelivered with a growing
+        delivery count and dead-lettered once that passes max_deliveries, and the rest of the stream flows.
+        """
         self._retry = (entries, deliveries)
+        try:
+            self._commit(entries, deliveries)
+        except (Transient, *REDIS_ERRORS, redis.ResponseError):
+            raise
+        except Exception as exc:
+            self._retry = None
+            if len(entries) == 1:
+                self._note_poison(entries[0][0], exc)
+                raise PoisonEntry(f"entry {_text(entries[0][0])} failed: {exc!r}") from exc
+            log.error("batch failed; retrying its entries one by one", error=repr(exc), size=len(entries))
+            failed = 0
+            for entry in entries:
+                try:
+                    self._commit([entry], deliveries)
+                except (Transient, *REDIS_ERRORS, redis.ResponseError):
+                    raise
+                except Exception as one:
+                    self._note_poison(entry[0], one)
+                    failed += 1
+            if failed:
+                raise PoisonEntry(f"{failed} entries failed to process and stay pending") from exc
+        self._retry = None
+
+    def _too_many_deliveries(self, entry_id: str, count: int) -> BadEntry:
+        last_error = self._failures.get(entry_id)
+        if last_error is None:
+            return BadEntry("too_many_deliveries", f"delivered {count} times")
+        return BadEntry("processing_error", f"delivered {count} times; last error: {last_error}")
+
+    def _note_poison(self, raw_id: bytes, exc: Exception) -> None:
+        entry_id = _text(raw_id)
+        log.error("entry failed to process; it stays pending", id=entry_id, error=repr(exc))
+        self._failures[entry_id] = repr(exc)[:500]
+        while len(self._failures) > 1000:
+            self._failures.pop(next(iter(self._failures)))
+
+    def _commit(self, entries: list[RawEntry], deliveries: dict[str, int]) -> None:
         batch = self.store.begin()
         reasons: dict[str, int] = {}
         try:
@@ -205,7 +256,7 @@ class Consumer:
                 count = deliveries.get(entry_id, 1)
                 try:
                     if count > self.settings.max_deliveries:
-                        raise BadEntry("too_many_deliveries", f"delivered {count} times")
+                        raise self._too_many_deliveries(entry_id, count)
                     event = decode(entry_id, fields, max_entry_bytes=self.settings.max_entry_bytes)
                     batch.apply(event, project(event, batch.view(event)))
                 except BadEntry as exc:
@@ -218,9 +269,10 @@ class Consumer:
             batch.abort()
             raise
         result = batch.commit()  # durable from here on: safe to acknowledge
-        self._retry = None
         # An XACK lost to a Redis failure is harmless: the entries are redelivered, found on disk, and skipped.
         self.redis.xack(self.settings.stream, self.settings.group, *[eid for eid, _ in entries])
+        for eid, _ in entries:
+            self._failures.pop(_text(eid), None)
         self._count(result, len(entries), reasons)
         if self.on_commit is not None:
             self.on_commit(result)
