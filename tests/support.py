@@ -199,7 +199,8 @@ def consumer_run(settings: Settings, *, name: str | None = None) -> Iterator[Con
     store = Store(settings.logs_dir, fsync_threads=settings.fsync_threads)
     store.open()
     client = redis.Redis.from_url(settings.redis_url or "", socket_timeout=5)
-    run = ConsumerRun(settings, client, store, Consumer(settings, client, store, name or store.consumer_name()))
+    consumer_name = name or settings.consumer_name or store.consumer_name()
+    run = ConsumerRun(settings, client, store, Consumer(settings, client, store, consumer_name))
     run.start()
     try:
         yield run

@@ -18,7 +18,7 @@ import redis
 import structlog
 
 from .config import Settings
-from .errors import BadEntry, DiskError, Transient
+from .errors import BadEntry, Transient, os_failure
 from .projector import project
 from .store import CommitResult, Store
 from .wire import decode, preserve_fields
@@ -264,7 +264,7 @@ class Consumer:
                         reasons[exc.reason] = reasons.get(exc.reason, 0) + 1
         except OSError as exc:
             batch.abort()
-            raise DiskError(f"reading the logs directory failed: {exc}", exc.errno) from exc
+            raise os_failure(exc, "reading the logs directory failed") from exc
         except BaseException:
             batch.abort()
             raise

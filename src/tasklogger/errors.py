@@ -7,6 +7,8 @@
     ├── AlreadyRunning     another process holds the logs directory's writer lock
     ├── BadEntry           a stream entry that cannot be understood: dead-letter it, move on
     │   └── UnsafeTaskId   a task or webhook id that is not safe as one directory name
+    ├── StorageDamage      something in the logs directory is in one task's way (a directory where a file
+    │                      belongs, ...): that entry alone is retried, then dead-lettered
     └── Transient          wait it out: do not acknowledge, back off, retry
         ├── RedisDown      Redis does not answer
         └── DiskError      the disk refused a write (ENOSPC, EIO, EACCES, ...)
@@ -48,6 +50,10 @@ class UnsafeTaskId(BadEntry):
         super().__init__(reason, detail)
 
 
+class StorageDamage(TaskLoggerError):
+    """Raised when an OS error is specific to what lies on disk for one task, not to the disk as a whole."""
+
+
 class Transient(TaskLoggerError):
     """A failure that must be waited out: nothing is acknowledged while it lasts."""
 
@@ -77,3 +83,19 @@ _DISK_KINDS = {
     errno.EROFS: "disk_read_only",
     errno.EIO: "disk_io_error",
 }
+
+
+#: OS errors that concern the whole disk or process and pass by themselves (or by an operator's hand).
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.EAGAIN,
+        errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EBUSY, errno.EINTR, errno.ESTALE,
+    }
+)  # fmt: skip
+
+
+def os_failure(exc: OSError, what: str) -> DiskError | StorageDamage:
+    """Classify an OSError from the logs directory: wait out a disk-wide fault, isolate a per-task one."""
+    if exc.errno in TRANSIENT_ERRNOS:
+        return DiskError(f"{what}: {exc}", exc.errno)
+    return StorageDamage(f"{what}: {exc}")

@@ -31,7 +31,7 @@ import structlog
 
 from . import records
 from .config import STATE_DIR_NAME
-from .errors import AlreadyRunning, BadEntry, DiskError
+from .errors import AlreadyRunning, BadEntry, DiskError, os_failure
 from .fsio import APPEND_FLAGS, CREATE_FLAGS, READ_FLAGS, Syncer, open_dir, read_file, write_all
 from .projector import INPUT, WEBHOOK_FLOW, AdoptWebhook, Append, Op, ReplaceJson, TaskFile, View, WebhookBuffer
 from .wire import Event
@@ -499,7 +499,7 @@ class _Batch:
     # -- committing -------------------------------------------------------------------------------------------
 
     def commit(self) -> CommitResult:
-        """Make the whole batch durable; raises DiskError (after undoing what it can) if the disk refuses."""
+        """Make the whole batch durable; raises DiskError or StorageDamage (after undoing what it can)."""
         store = self.store
         try:
             try:
@@ -509,7 +509,7 @@ class _Batch:
             except OSError as exc:
                 self._undo_appends()
                 store.forget()
-                raise DiskError(f"writing the logs directory failed: {exc}", exc.errno) from exc
+                raise os_failure(exc, "writing the logs directory failed") from exc
             # Everything is durable now; removing adopted buffers is clean-up that a later adoption redoes.
             try:
                 self._unlink_adopted()

@@ -1,0 +1,191 @@
+"""Transient faults with the real mechanisms: a stopped, paused, emptied or restarted Redis; a full tmpfs; an
+immutable directory; an entry that fails every time. Nothing acknowledged is lost, nothing is duplicated, and the
+consumer comes back by itself."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.faults import dead_letter_reasons, ids_on_disk, pending_count, records_on_disk
+from tests.support import Publisher, RedisProcess, consumer_run, settings_for, wait_until
+
+
+def publish_task(publisher: Publisher, task_id: str, outputs: int, size: int = 200) -> list[str]:
+    ids = [publisher.event("task:created", task_id=task_id, data={"source": "github", "agent_type": "coder"})]
+    for n in range(outputs):
+        ids.append(publisher.event("task:output", task_id=task_id, data={"content": f"{n}:" + "x" * size}))
+    return ids
+
+
+def test_redis_paused_then_back(private_redis: RedisProcess, logs_dir: Path) -> None:
+    client = private_redis.client()
+    publisher = Publisher(client)
+    published = publish_task(publisher, "t-pause", 20)
+    with consumer_run(settings_for(private_redis.url, logs_dir)) as run:
+        run.wait_drained()
+        private_redis.pause()
+        try:
+            wait_until(lambda: run.consumer.stats.fault == "redis_unreachable", timeout=15, what="the fault")
+            errors_during = run.consumer.stats.errors.get("redis_unreachable", 0)
+            time.sleep(3)
+            # Capped back-off: a handful of attempts over seconds, not a busy loop.
+            assert run.consumer.stats.errors.get("redis_unreachable", 0) - errors_during < 10
+        finally:
+            private_redis.resume()
+        resumed_at = time.monotonic()
+        published += publish_task(publisher, "t-pause", 20)
+        run.wait_drained(timeout=15)
+        assert time.monotonic() - resumed_at < 10
+        wait_until(lambda: run.consumer.stats.fault is None, timeout=5, what="recovery")
+    counts = ids_on_disk(logs_dir)
+    assert sorted(counts) == sorted(published)
+    assert set(counts.values()) == {1}
+    client.close()
+
+
+def test_redis_restarted_empty_recreates_the_group(private_redis: RedisProcess, logs_dir: Path) -> None:
+    client = private_redis.client()
+    first = publish_task(Publisher(client), "t-before", 5)
+    with consumer_run(settings_for(private_redis.url, logs_dir)) as run:
+        run.wait_drained()
+        before = (logs_dir / "t-before" / "03-agent-output.jsonl").read_bytes()
+        private_redis.kill()
+        private_redis.wipe()
+        private_redis.start()
+        client = private_redis.client()
+        second = publish_task(Publisher(client), "t-after", 5)
+        run.wait_drained(timeout=20)
+    assert (logs_dir / "t-before" / "03-agent-output.jsonl").read_bytes() == before
+    counts = ids_on_disk(logs_dir)
+    # Entry ids restart with the new server's clock, so the check is per task.
+    assert [b["id"] for b in records_on_disk(logs_dir)["t-after/03-agent-output.jsonl"]] == second
+    assert [b["id"] for b in records_on_disk(logs_dir)["t-before/03-agent-output.jsonl"]] == first
+    assert set(counts.values()) == {1}
+    client.close()
+
+
+def test_redis_restarted_with_pending_entries(private_redis: RedisProcess, logs_dir: Path) -> None:
+    settings = settings_for(private_redis.url, logs_dir, consumer_name="logger-1")
+    client = private_redis.client()
+    published = publish_task(Publisher(client), "t-aof", 30)
+    client.xgroup_create("task_events", "task-logger", id="0")
+    # Delivered to our consumer name but never acknowledged, as if the service died after reading.
+    client.xreadgroup("task-logger", "logger-1", {"task_events": ">"}, count=10)
+    assert pending_count(client) == 10
+    client.close()
+    private_redis.stop()  # graceful: the AOF holds the stream, the group and its pending list
+    private_redis.start()
+    client = private_redis.client()
+    assert pending_count(client) == 10
+    with consumer_run(settings) as run:
+        run.wait_drained()
+    counts = ids_on_disk(logs_dir)
+    assert [b["id"] for b in records_on_disk(logs_dir)["t-aof/03-agent-output.jsonl"]] == published
+    assert set(counts.values()) == {1}
+    assert pending_count(client) == 0
+    client.close()
+
+
+def test_redis_killed_mid_drain(private_redis: RedisProcess, logs_dir: Path) -> None:
+    client = private_redis.client()
+    publisher = Publisher(client)
+    published: list[str] = []
+    for n in range(10):
+        published += publish_task(publisher, f"t-kill-{n}", 150, size=1000)
+    with consumer_run(settings_for(private_redis.url, logs_dir, max_batch_size=100)) as run:
+        wait_until(lambda: run.consumer.stats.batches >= 2, timeout=10, what="the drain to start")
+        private_redis.kill()  # appendfsync always: every acknowledged XACK and every XADD survives
+        time.sleep(1)
+        private_redis.start()
+        client = private_redis.client()
+        run.client = client
+        run.wait_drained(timeout=30)
+    counts = ids_on_disk(logs_dir)
+    assert sorted(counts) == sorted(published)
+    assert set(counts.values()) == {1}
+    client.close()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs: the logs directory on a disk that really fills up."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_waits_and_resumes(
+    redis_url: str, client: redis.Redis, publisher: Publisher, tiny_disk: Path
+) -> None:
+    logs_dir = tiny_disk / "logs"
+    filler = tiny_disk / "filler"
+    published: list[str] = []
+    with consumer_run(settings_for(redis_url, logs_dir)) as run:
+        published += publish_task(publisher, "t-full", 5)
+        run.wait_drained()
+        filler.write_bytes(b"\0" * (int(2.9 * 1024 * 1024) - sum(f.stat().st_size for f in logs_dir.rglob("*"))))
+        published += publish_task(publisher, "t-full", 200, size=2000)  # ~400 KB: cannot fit
+        wait_until(lambda: run.consumer.stats.fault == "disk_full", timeout=15, what="disk_full")
+        assert pending_count(client) > 0  # nothing of the failed batch was acknowledged
+        data = (logs_dir / "t-full" / "03-agent-output.jsonl").read_bytes()
+        assert data.endswith(b"\n")  # the failed append was cut back: no partial line
+        time.sleep(1)
+        filler.unlink()
+        run.wait_drained(timeout=20)
+        wait_until(lambda: run.consumer.stats.fault is None, timeout=5, what="recovery")
+    counts = ids_on_disk(logs_dir)
+    assert sorted(counts) == sorted(published)
+    assert set(counts.values()) == {1}
+
+
+def test_immutable_task_directory_waits_and_resumes(
+    redis_url: str, client: redis.Redis, publisher: Publisher, logs_dir: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chattr +i needs root")
+    published = publish_task(publisher, "t-locked", 3)
+    with consumer_run(settings_for(redis_url, logs_dir)) as run:
+        run.wait_drained()
+        task_dir = logs_dir / "t-locked"
+        subprocess.run(["chattr", "+i", str(task_dir / "03-agent-output.jsonl")], check=True)
+        try:
+            published += publish_task(publisher, "t-locked", 3)
+            wait_until(lambda: run.consumer.stats.fault == "disk_permission_denied", timeout=15, what="EPERM")
+            assert pending_count(client) > 0
+        finally:
+            subprocess.run(["chattr", "-i", str(task_dir / "03-agent-output.jsonl")], check=True)
+        run.wait_drained(timeout=20)
+    counts = ids_on_disk(logs_dir)
+    assert sorted(counts) == sorted(published)
+    assert set(counts.values()) == {1}
+
+
+def test_entry_that_always_fails_is_dead_lettered_and_the_rest_flows(
+    redis_url: str, client: redis.Redis, publisher: Publisher, logs_dir: Path
+) -> None:
+    # A directory where the task's JSONL file belongs: every attempt to write this task fails (EISDIR).
+    (logs_dir / "t-poison" / "03-agent-output.jsonl").mkdir(parents=True)
+    good_before = publish_task(publisher, "t-good", 3)
+    poison = publisher.event("task:output", task_id="t-poison", data={"content": "never fits"})
+    good_after = publish_task(publisher, "t-good-2", 3)
+    settings = settings_for(redis_url, logs_dir, max_deliveries=3)
+    with consumer_run(settings) as run:
+        run.wait_drained(timeout=30)
+    reasons = dead_letter_reasons(logs_dir)
+    assert reasons == {poison: "processing_error"}
+    counts = ids_on_disk(logs_dir)
+    assert all(counts[i] == 1 for i in good_before + good_after)
+    assert pending_count(client) == 0
