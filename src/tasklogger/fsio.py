@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -50,24 +51,44 @@ def open_dir(name: str, *, dir_fd: int | None = None, create: bool = False) -> t
     return os.open(name, DIR_FLAGS, dir_fd=dir_fd), created
 
 
+def write_synced(dir_fd: int, name: str, flags: int, data: bytes) -> None:
+    """Open ``name`` with ``flags``, write ``data``, fsync, close: one file's whole share of a group commit.
+
+    A failed fsync is never retried on the same descriptor (the kernel may have dropped the dirty pages): the
+    caller undoes the batch and writes it again from the stream's redelivery.
+    """
+    fd = os.open(name, flags, 0o644, dir_fd=dir_fd)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Syncer:
-    """fsyncs many descriptors at once: fsync releases the GIL, so a small pool overlaps the disk waits."""
+    """Runs a batch's file work on a small thread pool: creating a file and fsync release the GIL, so the
+    kernel's share of many files overlaps across cores and the disk queue instead of adding up."""
 
     def __init__(self, threads: int) -> None:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fsync") if threads > 1 else None
 
     def fsync_all(self, fds: Iterable[int]) -> None:
         """fsync every fd; raises the first OSError after all have been tried."""
-        self.run_all(os.fsync, fds)
+        self.run_all([partial(os.fsync, fd) for fd in fds])
 
-    def run_all(self, func: Callable[[int], None], fds: Iterable[int]) -> None:
-        """Call ``func`` on every fd, in parallel when there are several."""
-        items = list(fds)
-        if self._pool is None or len(items) <= 1:
-            for fd in items:
-                func(fd)
+    def run_all(self, jobs: list[Callable[[], None]]) -> None:
+        """Run every job, in parallel when there are several; raises the first OSError after all have run."""
+        if self._pool is None or len(jobs) <= 1:
+            first: OSError | None = None
+            for job in jobs:
+                try:
+                    job()
+                except OSError as exc:
+                    first = first or exc
+            if first is not None:
+                raise first
             return
-        errors = [exc for exc in self._pool.map(_capture(func), items) if exc is not None]
+        errors = [exc for exc in self._pool.map(_capture, jobs) if exc is not None]
         if errors:
             raise errors[0]
 
@@ -77,12 +98,9 @@ class Syncer:
             self._pool.shutdown(wait=True)
 
 
-def _capture(func: Callable[[int], None]) -> Callable[[int], OSError | None]:
-    def call(fd: int) -> OSError | None:
-        try:
-            func(fd)
-        except OSError as exc:
-            return exc
-        return None
-
-    return call
+def _capture(job: Callable[[], None]) -> OSError | None:
+    try:
+        job()
+    except OSError as exc:
+        return exc
+    return None

@@ -13,6 +13,7 @@ whose id is already in the file. A partial last line left by a crash is cut befo
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -21,8 +22,9 @@ import re
 import secrets
 import socket
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ import structlog
 from . import records
 from .config import STATE_DIR_NAME
 from .errors import AlreadyRunning, BadEntry, DiskError, os_failure
-from .fsio import APPEND_FLAGS, CREATE_FLAGS, READ_FLAGS, Syncer, open_dir, read_file, write_all
+from .fsio import APPEND_FLAGS, CREATE_FLAGS, READ_FLAGS, Syncer, open_dir, read_file, write_all, write_synced
 from .projector import INPUT, WEBHOOK_FLOW, AdoptWebhook, Append, Op, ReplaceJson, TaskFile, View, WebhookBuffer
 from .wire import Event
 
@@ -360,9 +362,11 @@ class Store:
         cached = self._webhook_tasks.get_fresh(webhook_id)
         if cached is not _MISSING:
             return cached  # type: ignore[no-any-return]
-        doc = self._read_json(batch, webhook_dir(webhook_id), f"{webhook_id}.task")
-        task = doc.get("task_id") if doc else None
-        task = task if isinstance(task, str) else None
+        dir_fd = self._dir_fd(batch, webhook_dir(webhook_id), create=False)
+        task: str | None = None
+        if dir_fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                task = os.readlink(f"{webhook_id}.task", dir_fd=dir_fd)
         self._webhook_tasks.put(webhook_id, task)
         return task
 
@@ -555,46 +559,41 @@ class _Batch:
 
     def _write_json_views(self) -> None:
         """Temp file, fsync, rename: a reader or a crash sees the old view or the new one, never a mix."""
-        writes: list[tuple[int, DirKey, str, bytes]] = []
+        jobs: list[Callable[[], None]] = []
+        renames: list[tuple[int, DirKey, str]] = []
         for (task_id, name), doc in self.json.items():
-            content = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
-            writes.append((self._ensure_dir((task_id,)), (task_id,), name, content))
+            dir_fd = self._ensure_dir((task_id,))
+            content = orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
+            jobs.append(partial(write_synced, dir_fd, f".{name}.tmp", CREATE_FLAGS, content))
+            renames.append((dir_fd, (task_id,), name))
+        self.store._syncer.run_all(jobs)
         for webhook_id, task_id in self.markers.items():
+            # The mapping is a symlink whose text is the task id: one atomic create, no content to fsync. It is
+            # only ever read with readlink, never followed.
             key = webhook_dir(webhook_id)
-            writes.append((self._ensure_dir(key), key, f"{webhook_id}.task", orjson.dumps({"task_id": task_id})))
-        fds: list[int] = []
-        try:
-            for dir_fd, _key, name, content in writes:
-                fd = os.open(f".{name}.tmp", CREATE_FLAGS, 0o644, dir_fd=dir_fd)
-                fds.append(fd)
-                write_all(fd, content + b"\n")
-            self.store._syncer.fsync_all(fds)
-        finally:
-            for fd in fds:
-                os.close(fd)
-        for dir_fd, key, name, _content in writes:
-            # The temp file is fsynced, so the rename publishes complete bytes; the directory fsync below makes
-            # the rename itself survive a power loss.
+            dir_fd = self._ensure_dir(key)
+            name = f"{webhook_id}.task"
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f".{name}.tmp", dir_fd=dir_fd)
+            os.symlink(task_id, f".{name}.tmp", dir_fd=dir_fd)
+            renames.append((dir_fd, key, name))
+        for dir_fd, key, name in renames:
+            # The temp file is fsynced, so the rename publishes complete bytes; the directory fsync that follows
+            # makes the rename itself survive a power loss.
             os.rename(f".{name}.tmp", name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             self.sync_dirs.add(key)
 
     def _append_records(self) -> None:
-        fds: list[int] = []
-        try:
-            for f in self.files.values():
-                if not f.pending:
-                    continue
-                fd = os.open(f.name, APPEND_FLAGS, 0o644, dir_fd=self._ensure_dir(f.dir_key))
-                fds.append(fd)
-                if not f.exists:
-                    self.sync_dirs.add(f.dir_key)  # the new file's directory entry must be durable too
-                write_all(fd, b"".join(f.pending))
-            # One fsync per touched file; a failed fsync is never retried on this fd (the kernel may have
-            # dropped the dirty pages): the batch is undone and rewritten from the stream's redelivery.
-            self.store._syncer.fsync_all(fds)
-        finally:
-            for fd in fds:
-                os.close(fd)
+        """One write and one fsync per touched file, all files at once on the pool."""
+        jobs: list[Callable[[], None]] = []
+        for f in self.files.values():
+            if not f.pending:
+                continue
+            if not f.exists:
+                self.sync_dirs.add(f.dir_key)  # the new file's directory entry must be durable too
+            dir_fd = self._ensure_dir(f.dir_key)
+            jobs.append(partial(write_synced, dir_fd, f.name, APPEND_FLAGS, b"".join(f.pending)))
+        self.store._syncer.run_all(jobs)
 
     def _unlink_adopted(self) -> None:
         dirs: set[DirKey] = set()
