@@ -1,0 +1,121 @@
+"""Shared by the benchmarks and the crash tester: a private redis-server, the service as a subprocess, machine facts."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support import RedisProcess, free_port  # noqa: E402
+
+__all__ = ["RedisProcess", "Service", "RssSampler", "drained", "machine", "free_port"]
+
+
+class Service:
+    """``python -m tasklogger <command>`` with the given logs dir and Redis, output to a log file."""
+
+    def __init__(self, logs_dir: Path, redis_url: str, *, command: str = "consume", env: dict[str, str] | None = None):
+        self.logs_dir = logs_dir
+        self.env = dict(os.environ, LOGS_DIR=str(logs_dir), REDIS_URL=redis_url, PORT=str(free_port()))
+        self.env.update(env or {})
+        self.command = command
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = logs_dir.parent / "service.log"
+
+    def start(self) -> Service:
+        self.logs_dir.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tasklogger", self.command], env=self.env, stdout=out, stderr=out,
+                stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        return self
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                return self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait(10)
+
+
+class RssSampler(threading.Thread):
+    """Samples a process's resident set size every ``interval`` seconds; ``peak`` in bytes."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.process = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            except psutil.Error:
+                return
+            self._halt.wait(self.interval)
+
+    def stop(self) -> int:
+        self._halt.set()
+        self.join(2)
+        return self.peak
+
+
+def drained(client: redis.Redis, stream: str = "task_events", group: str = "task-logger") -> bool:
+    """The group has read every entry and acknowledged all it read."""
+    try:
+        for info in client.xinfo_groups(stream):
+            if info["name"] in (group, group.encode()):
+                return bool(info["lag"] == 0 and info["pending"] == 0)
+    except redis.ResponseError:
+        pass
+    return False
+
+
+def machine(path: Path) -> str:
+    """One line: cores, CPU model, memory, the filesystem of ``path``."""
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    fs = "?"
+    best = ""
+    for part in psutil.disk_partitions(all=True):
+        if str(path).startswith(part.mountpoint) and len(part.mountpoint) > len(best):
+            best, fs = part.mountpoint, part.fstype
+    mem = psutil.virtual_memory().total / 2**30
+    return f"{os.cpu_count()} cores ({model}), {mem:.0f} GiB, {fs} at {best}, Python {platform.python_version()}"
+
+
+def wait(predicate: object, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(interval)
+    return False
