@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +22,7 @@ from .config import Settings
 from .errors import BadEntry, Transient, os_failure
 from .projector import project
 from .store import CommitResult, Store
-from .wire import decode, preserve_fields
+from .wire import Event, decode, preserve_fields
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +79,10 @@ class Consumer:
         self.on_commit = on_commit
         self.stats = ConsumerStats()
         self._retry: tuple[list[RawEntry], dict[str, int]] | None = None
+        #: The next batch, read and decoded while the previous one was being committed.
+        self._prefetched: list[RawEntry] = []
+        self._decoded: dict[str, Event | BadEntry] = {}
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
         #: Last error of entries that failed processing (bounded), named in their dead letter.
         self._failures: dict[str, str] = {}
         self._next_claim = 0.0
@@ -100,6 +105,8 @@ class Consumer:
                         entries, deliveries = self._retry
                         self._process(entries, deliveries)
                     if resume_pending:
+                        # Everything delivered and not acknowledged, prefetched entries too, is re-read from 0.
+                        self._prefetched, self._decoded = [], {}
                         self._ensure_group()
                         self._drain_own_pending(stop)
                         resume_pending = False
@@ -128,9 +135,21 @@ class Consumer:
                     resume_pending = True
                 stop.wait(delay)
                 delay = min(delay * 2, BACKOFF_CAP_S)
+            self._finish_prefetched()
         finally:
+            self._committer.shutdown(wait=True)
             self.stats.running = False
             self.stats.state = "stopped"
+
+    def _finish_prefetched(self) -> None:
+        """At a stop, commit the batch read ahead too, so a clean stop leaves nothing pending."""
+        if not self._prefetched or self._retry is not None:
+            return
+        entries, self._prefetched = self._prefetched, []
+        try:
+            self._process(entries, {})
+        except Exception as exc:  # it stays pending and is redelivered at the next start
+            log.warning("left the read-ahead batch pending at stop", error=repr(exc), size=len(entries))
 
     def _ensure_group(self) -> None:
         try:
@@ -179,16 +198,34 @@ class Consumer:
                 return
 
     def _read_new(self) -> None:
-        reply = self.redis.xreadgroup(
-            self.settings.group,
-            self.name,
-            {self.settings.stream: ">"},
-            count=self.settings.max_batch_size,
-            block=self.settings.block_ms,
-        )
-        entries = _entries(reply)
+        entries, self._prefetched = self._prefetched, []
+        if not entries:
+            reply = self.redis.xreadgroup(
+                self.settings.group,
+                self.name,
+                {self.settings.stream: ">"},
+                count=self.settings.max_batch_size,
+                block=self.settings.block_ms,
+            )
+            entries = _entries(reply)
         if entries:
-            self._process(entries, {})
+            self._process(entries, {}, prefetch=True)
+
+    def _prefetch(self) -> None:
+        """While a batch is being made durable: read (without waiting) and decode the next one."""
+        try:
+            reply = self.redis.xreadgroup(
+                self.settings.group, self.name, {self.settings.stream: ">"}, count=self.settings.max_batch_size
+            )
+        except REDIS_ERRORS:
+            return  # the loop meets the outage on its next read
+        self._prefetched = _entries(reply)
+        for raw_id, fields in self._prefetched:
+            entry_id = _text(raw_id)
+            try:
+                self._decoded[entry_id] = decode(entry_id, fields, max_entry_bytes=self.settings.max_entry_bytes)
+            except BadEntry as exc:
+                self._decoded[entry_id] = exc
 
     def _delivery_counts(self, entries: list[RawEntry]) -> dict[str, int]:
         rows = self.redis.xpending_range(
@@ -203,7 +240,7 @@ class Consumer:
 
     # -- one batch --------------------------------------------------------------------------------------------------
 
-    def _process(self, entries: list[RawEntry], deliveries: dict[str, int]) -> None:
+    def _process(self, entries: list[RawEntry], deliveries: dict[str, int], *, prefetch: bool = False) -> None:
         """Commit ``entries`` to the store, then acknowledge them. On a disk failure keep them for a retry.
 
         If the batch fails for a reason that is neither the disk nor Redis (a defect triggered by one entry), the
@@ -212,7 +249,7 @@ class Consumer:
         """
         self._retry = (entries, deliveries)
         try:
-            self._commit(entries, deliveries)
+            self._commit(entries, deliveries, prefetch=prefetch)
         except (Transient, *REDIS_ERRORS, redis.ResponseError):
             raise
         except Exception as exc:
@@ -247,7 +284,15 @@ class Consumer:
         while len(self._failures) > 1000:
             self._failures.pop(next(iter(self._failures)))
 
-    def _commit(self, entries: list[RawEntry], deliveries: dict[str, int]) -> None:
+    def _decode(self, entry_id: str, fields: dict[bytes, bytes] | None) -> Event:
+        decoded = self._decoded.pop(entry_id, None)
+        if decoded is None:
+            return decode(entry_id, fields, max_entry_bytes=self.settings.max_entry_bytes)
+        if isinstance(decoded, BadEntry):
+            raise decoded
+        return decoded
+
+    def _commit(self, entries: list[RawEntry], deliveries: dict[str, int], *, prefetch: bool = False) -> None:
         batch = self.store.begin()
         reasons: dict[str, int] = {}
         try:
@@ -255,10 +300,14 @@ class Consumer:
                 entry_id = _text(raw_id)
                 count = deliveries.get(entry_id, 1)
                 try:
-                    if count > self.settings.max_deliveries:
+                    if batch.is_dead_lettered(entry_id):
+                        batch.result.duplicates += 1  # a replay of an entry already given up on
+                        continue
+                    event = self._decode(entry_id, fields)
+                    ops = project(event, batch.view(event))
+                    if count > self.settings.max_deliveries and not batch.is_stored(ops):
                         raise self._too_many_deliveries(entry_id, count)
-                    event = decode(entry_id, fields, max_entry_bytes=self.settings.max_entry_bytes)
-                    batch.apply(event, project(event, batch.view(event)))
+                    batch.apply(event, ops)
                 except BadEntry as exc:
                     if batch.dead_letter(self._dead_letter_body(entry_id, fields, exc, count)):
                         reasons[exc.reason] = reasons.get(exc.reason, 0) + 1
@@ -268,7 +317,15 @@ class Consumer:
         except BaseException:
             batch.abort()
             raise
-        result = batch.commit()  # durable from here on: safe to acknowledge
+        if prefetch and not self._prefetched:
+            # The commit waits on the disk (on the pool's threads); meanwhile this thread reads and decodes the
+            # next batch, which touches no file. The store is used by one thread at a time all the same.
+            future = self._committer.submit(batch.commit)
+            self._prefetch()
+            result = future.result()
+        else:
+            result = batch.commit()
+        # Durable from here on: safe to acknowledge.
         # An XACK lost to a Redis failure is harmless: the entries are redelivered, found on disk, and skipped.
         self.redis.xack(self.settings.stream, self.settings.group, *[eid for eid, _ in entries])
         for eid, _ in entries:

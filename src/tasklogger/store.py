@@ -23,7 +23,7 @@ import secrets
 import socket
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,8 @@ class Head:
     hash: bytes
     #: Highest stream id in the file, as a sort key; None for an empty file.
     max_key: tuple[int, int] | None
+    #: The same id as text (what an out-of-order record carries as ``max_id``).
+    max_id: str | None
     size: int
 
 
@@ -75,7 +77,7 @@ class JsonlFile:
     ids: set[str] | None = None
 
     def __post_init__(self) -> None:
-        self.head = Head(self.committed.seq, self.committed.hash, self.committed.max_key, self.committed.size)
+        self.head = replace(self.committed)
 
     @property
     def relpath(self) -> str:
@@ -261,7 +263,7 @@ class Store:
     def _recover(self, batch: _Batch, key: DirKey, name: str) -> JsonlFile:
         """Read a JSONL file's chain head from its last line, cutting a partial tail first."""
         relpath = "/".join((*key, name))
-        empty = Head(0, records.genesis(relpath), None, 0)
+        empty = Head(0, records.genesis(relpath), None, None, 0)
         dir_fd = self._dir_fd(batch, key, create=False)
         if dir_fd is None:
             return JsonlFile(key, name, empty, exists=False)
@@ -282,7 +284,11 @@ class Store:
                     self._quarantine(relpath, line_start, line, str(exc))
                     valid_end = line_start
                     continue
-                head = Head(last.seq, last.hash, records.stream_id_key(last.entry_id), valid_end)
+                max_id = last.entry_id
+                carried = last.body.get("max_id")  # a record appended out of stream order names the file's max
+                if isinstance(carried, str) and records.stream_id_key(carried) > records.stream_id_key(max_id):
+                    max_id = carried
+                head = Head(last.seq, last.hash, records.stream_id_key(max_id), max_id, valid_end)
                 break
             else:
                 head = empty
@@ -423,6 +429,17 @@ class _Batch:
             self.result.tasks.add(primary.target.task_id)
         return True
 
+    def is_stored(self, ops: list[Op]) -> bool:
+        """Whether the event these operations come from is already in its file."""
+        return self._is_stored(next(op for op in ops if isinstance(op, Append)))
+
+    def is_dead_lettered(self, entry_id: str) -> bool:
+        """Whether this entry is already in the dead-letter store (a dead letter is never written again)."""
+        f = self.store._jsonl(self, STATE_DIR, DEAD_LETTERS)
+        if f.head.max_key is None or records.stream_id_key(entry_id) > f.head.max_key:
+            return False
+        return entry_id in self.store._ids_in(self, f)
+
     def dead_letter(self, body: dict[str, Any]) -> bool:
         """Append a dead-letter record (``body`` holds ``id``, ``reason``, ...); False if already recorded."""
         f = self.store._jsonl(self, STATE_DIR, DEAD_LETTERS)
@@ -451,14 +468,21 @@ class _Batch:
         if head.max_key is not None and key <= head.max_key and entry_id in self.store._ids_in(self, f):
             return False
         seq = head.seq + 1
-        line, digest = records.encode({"seq": seq, **body}, head.hash)
+        record = {"seq": seq, **body}
+        late = head.max_key is not None and key < head.max_key
+        if late:
+            # An older entry arriving after newer ones (claimed from a dead consumer, adopted late): it is kept,
+            # and it names the file's highest id so that recovery from the last line still knows it.
+            record["max_id"] = head.max_id
+        line, digest = records.encode(record, head.hash)
         f.pending.append(line)
         f.pending_bodies.append(body)
         if f.ids is not None:
             f.ids.add(entry_id)
-        f.head = Head(
-            seq, digest, key if head.max_key is None or key > head.max_key else head.max_key, head.size + len(line)
-        )
+        if late:
+            f.head = Head(seq, digest, head.max_key, head.max_id, head.size + len(line))
+        else:
+            f.head = Head(seq, digest, key, entry_id, head.size + len(line))
         self.files[(f.dir_key, f.name)] = f
         return True
 
@@ -497,6 +521,7 @@ class _Batch:
                     self.store._quarantine(buffer.relpath, offset, line, str(exc))
                     continue
                 del body["seq"]
+                body.pop("max_id", None)  # belongs to the buffer file, not to the event
                 yield body
         yield from list(buffer.pending_bodies)
 
@@ -510,17 +535,22 @@ class _Batch:
                 self._write_json_views()
                 self._append_records()
                 store._syncer.fsync_all(self._fds_of(self.sync_dirs))
-            except OSError as exc:
+            except BaseException as exc:
+                # Whatever failed (the disk, or a task directory swapped for a symlink since it was cached),
+                # nothing of this batch counts as stored: cut the appends back and forget every cached head.
                 self._undo_appends()
+                self._reset_files()
                 store.forget()
-                raise os_failure(exc, "writing the logs directory failed") from exc
+                if isinstance(exc, OSError):
+                    raise os_failure(exc, "writing the logs directory failed") from exc
+                raise
             # Everything is durable now; removing adopted buffers is clean-up that a later adoption redoes.
             try:
                 self._unlink_adopted()
             except OSError as exc:
                 log.warning("could not remove adopted webhook buffers", error=str(exc))
             for f in self.files.values():
-                f.committed = Head(f.head.seq, f.head.hash, f.head.max_key, f.head.size)
+                f.committed = replace(f.head)
                 f.exists = True
                 f.pending.clear()
                 f.pending_bodies.clear()
@@ -536,12 +566,16 @@ class _Batch:
 
     def abort(self) -> None:
         """Forget the batch (after an error while building it): nothing was written."""
+        self._reset_files()
+        self.store.forget()
+        self._close()
+
+    def _reset_files(self) -> None:
         for f in self.files.values():
             f.pending.clear()
             f.pending_bodies.clear()
-            f.head = Head(f.committed.seq, f.committed.hash, f.committed.max_key, f.committed.size)
-        self.store.forget()
-        self._close()
+            f.ids = None
+            f.head = replace(f.committed)
 
     def _close(self) -> None:
         for fd in self.dir_fds.values():

@@ -54,13 +54,14 @@ def decode(entry_id: bytes | str, fields: dict[bytes, bytes] | None, *, max_entr
     Raises BadEntry (dead-letter) for anything that cannot be understood.
     """
     eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    if fields is None:
+    if not fields:  # XADD needs a field, so an empty entry is one trimmed away while it was pending
         raise BadEntry("deleted_from_stream", "the entry was pending but is no longer in the stream")
-    size = sum(len(k) + len(v) for k, v in fields.items())
+    size = sum(map(len, fields)) + sum(map(len, fields.values()))
     if size > max_entry_bytes:
         raise BadEntry("entry_too_large", f"{size} bytes, limit {max_entry_bytes}")
     try:
-        text = {k.decode(): v.decode() for k, v in fields.items()}
+        # ``data`` (the bulk of an entry) goes to orjson as bytes: it checks the UTF-8 while it parses.
+        text = {k.decode(): v.decode() for k, v in fields.items() if k != b"data"}
     except UnicodeDecodeError as exc:
         raise BadEntry("not_utf8", f"a field name or value is not UTF-8 ({exc.reason} at byte {exc.start})") from None
 
@@ -70,7 +71,7 @@ def decode(entry_id: bytes | str, fields: dict[bytes, bytes] | None, *, max_entr
     if len(event_type) > MAX_TYPE_CHARS or not event_type.isprintable() or event_type.strip() != event_type:
         raise BadEntry("invalid_type", f"type {event_type[:80]!r} is not a printable name")
 
-    data = _decode_data(text.get("data"))
+    data = _decode_data(fields.get(b"data"))
     task_id = _id_from(text.get("task_id"), data.get("task_id"))
     webhook_id = _id_from(text.get("webhook_event_id"), data.get("webhook_event_id"))
     if task_id is not None:
@@ -134,12 +135,16 @@ def parse_timestamp(value: str) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _decode_data(raw: str | None) -> dict[str, Any]:
-    if raw is None or raw == "":
+def _decode_data(raw: bytes | None) -> dict[str, Any]:
+    if not raw:
         return {}
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode()
+        except UnicodeDecodeError as bad:
+            raise BadEntry("not_utf8", f"'data' is not UTF-8 ({bad.reason} at byte {bad.start})") from None
         raise BadEntry("invalid_data", f"'data' is not JSON: {exc}") from None
     if data is None:
         return {}
