@@ -19,9 +19,9 @@ import redis
 import structlog
 
 from .config import Settings
-from .errors import BadEntry, Transient, os_failure
+from .errors import BadEntry, TaskLoggerError, Transient, os_failure
 from .projector import project
-from .store import CommitResult, Store
+from .store import Batch, CommitResult, Store
 from .wire import Event, decode, preserve_fields
 
 log = structlog.get_logger(__name__)
@@ -304,10 +304,9 @@ class Consumer:
                         batch.result.duplicates += 1  # a replay of an entry already given up on
                         continue
                     event = self._decode(entry_id, fields)
-                    ops = project(event, batch.view(event))
-                    if count > self.settings.max_deliveries and not batch.is_stored(ops):
+                    if count > self.settings.max_deliveries and not _stored(batch, event):
                         raise self._too_many_deliveries(entry_id, count)
-                    batch.apply(event, ops)
+                    batch.apply(event, project(event, batch.view(event)))
                 except BadEntry as exc:
                     if batch.dead_letter(self._dead_letter_body(entry_id, fields, exc, count)):
                         reasons[exc.reason] = reasons.get(exc.reason, 0) + 1
@@ -380,6 +379,14 @@ class Consumer:
             log.info("consumer recovered", reason=s.fault, after_s=round(self.clock() - (s.fault_since or 0), 2))
         s.fault = s.fault_detail = s.fault_since = None
         s.state = "running"
+
+
+def _stored(batch: Batch, event: Event) -> bool:
+    """Whether ``event`` is already on disk; False when even looking fails (the entry is then given up on)."""
+    try:
+        return batch.is_stored(project(event, batch.view(event)))
+    except (OSError, TaskLoggerError):
+        return False
 
 
 def _entries(reply: Any) -> list[RawEntry]:

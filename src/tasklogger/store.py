@@ -138,7 +138,7 @@ class Store:
         self._known_dirs: _Lru = _Lru(cache_size)
         self._root_fd = -1
         self._lock_fd = -1
-        self._batch: _Batch | None = None
+        self._batch: Batch | None = None
 
     # -- life cycle ---------------------------------------------------------------------------------------
 
@@ -215,15 +215,15 @@ class Store:
 
     # -- batches ------------------------------------------------------------------------------------------
 
-    def begin(self) -> _Batch:
+    def begin(self) -> Batch:
         """Start a batch; ``commit`` or ``abort`` it before the next."""
         assert self._batch is None, "a batch is already open"
-        self._batch = _Batch(self)
+        self._batch = Batch(self)
         return self._batch
 
     # -- state recovery (read side of the store, used while projecting) -------------------------------------
 
-    def _dir_fd(self, batch: _Batch, key: DirKey, *, create: bool) -> int | None:
+    def _dir_fd(self, batch: Batch, key: DirKey, *, create: bool) -> int | None:
         """An fd for directory ``key`` (cached for the batch); None if it does not exist and ``create`` is off."""
         if key in batch.dir_fds:
             return batch.dir_fds[key]
@@ -252,7 +252,7 @@ class Store:
             parent = fd
         return parent
 
-    def _jsonl(self, batch: _Batch, key: DirKey, name: str) -> JsonlFile:
+    def _jsonl(self, batch: Batch, key: DirKey, name: str) -> JsonlFile:
         cache_key = (key, name)
         cached = batch.files.get(cache_key) or self._files.get_fresh(cache_key)
         if cached is _MISSING or cached is None:
@@ -260,7 +260,7 @@ class Store:
             self._files.put(cache_key, cached)
         return cached
 
-    def _recover(self, batch: _Batch, key: DirKey, name: str) -> JsonlFile:
+    def _recover(self, batch: Batch, key: DirKey, name: str) -> JsonlFile:
         """Read a JSONL file's chain head from its last line, cutting a partial tail first."""
         relpath = "/".join((*key, name))
         empty = Head(0, records.genesis(relpath), None, None, 0)
@@ -324,7 +324,7 @@ class Store:
         finally:
             os.close(qfd)
 
-    def _ids_in(self, batch: _Batch, f: JsonlFile) -> set[str]:
+    def _ids_in(self, batch: Batch, f: JsonlFile) -> set[str]:
         """Every stream id already in ``f`` (committed and pending); loaded once, only for out-of-order ids."""
         if f.ids is None:
             ids: set[str] = set()
@@ -340,7 +340,7 @@ class Store:
             f.ids = ids
         return f.ids
 
-    def _input_doc(self, batch: _Batch, task_id: str) -> dict[str, Any] | None:
+    def _input_doc(self, batch: Batch, task_id: str) -> dict[str, Any] | None:
         if (task_id, INPUT) in batch.json:
             return batch.json[(task_id, INPUT)]
         cached = self._inputs.get_fresh(task_id)
@@ -350,7 +350,7 @@ class Store:
         self._inputs.put(task_id, doc)
         return doc
 
-    def _read_json(self, batch: _Batch, key: DirKey, name: str) -> dict[str, Any] | None:
+    def _read_json(self, batch: Batch, key: DirKey, name: str) -> dict[str, Any] | None:
         dir_fd = self._dir_fd(batch, key, create=False)
         raw = read_file(dir_fd, name) if dir_fd is not None else None
         if raw is None:
@@ -362,7 +362,7 @@ class Store:
             return None
         return doc if isinstance(doc, dict) else None
 
-    def _webhook_task(self, batch: _Batch, webhook_id: str) -> str | None:
+    def _webhook_task(self, batch: Batch, webhook_id: str) -> str | None:
         if webhook_id in batch.webhook_tasks:
             return batch.webhook_tasks[webhook_id]
         cached = self._webhook_tasks.get_fresh(webhook_id)
@@ -377,7 +377,7 @@ class Store:
         return task
 
 
-class _Batch:
+class Batch:
     """One group commit. Created by Store.begin()."""
 
     def __init__(self, store: Store) -> None:
