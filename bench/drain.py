@@ -41,10 +41,12 @@ def main() -> None:
             raise SystemExit(f"not drained within {args.timeout}s; see {service.log}")
         elapsed = time.perf_counter() - started
         peak = sampler.stop()
+        cpu = sampler.process.cpu_times()
         disk = sum(f.stat().st_size for f in (work / "logs").rglob("*") if f.is_file())
         print(
             f"drain: {args.events} events in {elapsed:.2f}s = {args.events / elapsed:,.0f} events/s; "
-            f"peak RSS {peak / 2**20:.1f} MB; {disk / 2**20:.0f} MB written"
+            f"peak RSS {peak / 2**20:.1f} MB; {disk / 2**20:.0f} MB written; "
+            f"service CPU user {cpu.user:.1f}s system {cpu.system:.1f}s"
         )
         print(f"machine: {machine(work)}")
     finally:

@@ -602,15 +602,13 @@ class Batch:
             renames.append((dir_fd, (task_id,), name))
         self.store._syncer.run_all(jobs)
         for webhook_id, task_id in self.markers.items():
-            # The mapping is a symlink whose text is the task id: one atomic create, no content to fsync. It is
-            # only ever read with readlink, never followed.
+            # The mapping is a symlink whose text is the task id: one atomic create, no content to fsync, made
+            # durable by the directory fsync below. It is only ever read with readlink, never followed. The first
+            # mapping of a webhook id wins, so one left by an interrupted batch is kept as it is.
             key = webhook_dir(webhook_id)
-            dir_fd = self._ensure_dir(key)
-            name = f"{webhook_id}.task"
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f".{name}.tmp", dir_fd=dir_fd)
-            os.symlink(task_id, f".{name}.tmp", dir_fd=dir_fd)
-            renames.append((dir_fd, key, name))
+            with contextlib.suppress(FileExistsError):
+                os.symlink(task_id, f"{webhook_id}.task", dir_fd=self._ensure_dir(key))
+            self.sync_dirs.add(key)
         for dir_fd, key, name in renames:
             # The temp file is fsynced, so the rename publishes complete bytes; the directory fsync that follows
             # makes the rename itself survive a power loss.
