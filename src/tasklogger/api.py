@@ -37,25 +37,9 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.get("/health")
     def health() -> JSONResponse:
-        """200 while the consumer runs and Redis answers; 503 with the reason otherwise."""
-        reasons: list[str] = []
-        redis_ok = _ping(runtime.redis)
-        if not redis_ok:
-            reasons.append("redis_unreachable")
-        consumer = runtime.consumer
-        body: dict[str, Any] = {"version": __version__, "redis": "ok" if redis_ok else "unreachable"}
-        if consumer is not None:
-            stats = consumer.stats
-            body["consumer"] = stats.state
-            if not stats.running:
-                reasons.append("consumer_stopped")
-            elif stats.fault is not None and stats.fault not in reasons:
-                reasons.append(stats.fault)
-                body["detail"] = stats.fault_detail
-        body["status"] = "ok" if not reasons else "unavailable"
-        if reasons:
-            body["reasons"] = reasons
-        return JSONResponse(body, status_code=200 if not reasons else 503)
+        """200 while the consumer runs and Redis answers; 503 with the reasons otherwise."""
+        status, body = health_report(runtime)
+        return JSONResponse(body, status_code=status)
 
     @app.get("/tasks/{task_id}/logs")
     def task_logs(task_id: str) -> Response:
@@ -74,6 +58,28 @@ def create_app(runtime: Runtime) -> FastAPI:
         return metrics_snapshot(runtime)
 
     return app
+
+
+def health_report(runtime: Runtime) -> tuple[int, dict[str, Any]]:
+    """The status code and body of /health: 200 while the consumer runs and Redis answers, else 503."""
+    reasons: list[str] = []
+    redis_ok = _ping(runtime.redis)
+    if not redis_ok:
+        reasons.append("redis_unreachable")
+    body: dict[str, Any] = {"version": __version__, "redis": "ok" if redis_ok else "unreachable"}
+    consumer = runtime.consumer
+    if consumer is not None:
+        stats = consumer.stats
+        body["consumer"] = stats.state
+        if not stats.running:
+            reasons.append("consumer_stopped")
+        elif stats.fault is not None and stats.fault not in reasons:
+            reasons.append(stats.fault)
+            body["detail"] = stats.fault_detail
+    body["status"] = "ok" if not reasons else "unavailable"
+    if reasons:
+        body["reasons"] = reasons
+    return (200 if not reasons else 503), body
 
 
 def metrics_snapshot(runtime: Runtime) -> dict[str, Any]:

@@ -9,12 +9,25 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
+from tasklogger.api import Runtime, health_report, metrics_snapshot
 from tests.faults import dead_letter_reasons, ids_on_disk, pending_count, records_on_disk
-from tests.support import Publisher, RedisProcess, consumer_run, settings_for, wait_until
+from tests.support import ConsumerRun, Publisher, RedisProcess, consumer_run, settings_for, wait_until
+
+
+def probe(run: ConsumerRun) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """What /health (status, body) and /metrics answer about this consumer, as a probe or a scraper sees it."""
+    api_client = redis.Redis.from_url(run.settings.redis_url or "", socket_timeout=1)
+    try:
+        runtime = Runtime(run.settings, api_client, run.consumer)
+        status, body = health_report(runtime)
+        return status, body, metrics_snapshot(runtime)
+    finally:
+        api_client.close()
 
 
 def publish_task(publisher: Publisher, task_id: str, outputs: int, size: int = 200) -> list[str]:
@@ -33,6 +46,8 @@ def test_redis_paused_then_back(private_redis: RedisProcess, logs_dir: Path) -> 
         private_redis.pause()
         try:
             wait_until(lambda: run.consumer.stats.fault == "redis_unreachable", timeout=15, what="the fault")
+            status, health, _metrics = probe(run)
+            assert status == 503 and "redis_unreachable" in health["reasons"]
             errors_during = run.consumer.stats.errors.get("redis_unreachable", 0)
             time.sleep(3)
             # Capped back-off: a handful of attempts over seconds, not a busy loop.
@@ -42,8 +57,9 @@ def test_redis_paused_then_back(private_redis: RedisProcess, logs_dir: Path) -> 
         resumed_at = time.monotonic()
         published += publish_task(publisher, "t-pause", 20)
         run.wait_drained(timeout=15)
-        assert time.monotonic() - resumed_at < 10
+        assert time.monotonic() - resumed_at < 5
         wait_until(lambda: run.consumer.stats.fault is None, timeout=5, what="recovery")
+        assert probe(run)[0] == 200
     counts = ids_on_disk(logs_dir)
     assert sorted(counts) == sorted(published)
     assert set(counts.values()) == {1}
@@ -140,6 +156,9 @@ def test_disk_full_waits_and_resumes(
         published += publish_task(publisher, "t-full", 200, size=2000)  # ~400 KB: cannot fit
         wait_until(lambda: run.consumer.stats.fault == "disk_full", timeout=15, what="disk_full")
         assert pending_count(client) > 0  # nothing of the failed batch was acknowledged
+        status, health, metrics = probe(run)
+        assert status == 503 and "disk_full" in health["reasons"]
+        assert metrics["errors"]["disk_full"] >= 1 and metrics["oldest_pending_age_seconds"] is not None
         data = (logs_dir / "t-full" / "03-agent-output.jsonl").read_bytes()
         assert data.endswith(b"\n")  # the failed append was cut back: no partial line
         time.sleep(1)
