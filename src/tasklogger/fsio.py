@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,10 +23,9 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def read_file(dir_fd: int, name: str) -> bytes | None:
-    """The whole content of ``name`` in ``dir_fd`` (never through a symlink); None if it does not exist."""
-    try:
-        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
-    except FileNotFoundError:
+    """The whole content of ``name`` in ``dir_fd``; None if it does not exist or is a symlink (never followed)."""
+    fd = open_file(dir_fd, name)
+    if fd is None:
         return None
     try:
         chunks = []
@@ -34,6 +34,18 @@ def read_file(dir_fd: int, name: str) -> bytes | None:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def open_file(dir_fd: int, name: str) -> int | None:
+    """A read-only fd for ``name`` in ``dir_fd``; None if it does not exist or is a symlink (never followed)."""
+    try:
+        return os.open(name, READ_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
 
 
 def open_dir(name: str, *, dir_fd: int | None = None, create: bool = False) -> tuple[int, bool]:

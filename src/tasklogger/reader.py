@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from .fsio import DIR_FLAGS, READ_FLAGS, read_file
+from .fsio import DIR_FLAGS, open_file, read_file
 from .projector import AGENT_OUTPUT, FINAL_RESULT, INPUT, METADATA, USER_INPUTS, WEBHOOK_FLOW
 from .wire import check_name
 
@@ -64,9 +64,8 @@ class TaskDir:
 
     def records(self, name: str) -> Iterator[dict[str, Any]]:
         """The records of a JSONL file in order; a partial last line (a write in progress) is not yielded."""
-        try:
-            fd = os.open(name, READ_FLAGS, dir_fd=self.fd)
-        except FileNotFoundError:
+        fd = open_file(self.fd, name)
+        if fd is None:
             return
         with os.fdopen(fd, "rb") as handle:
             for line in handle:

@@ -91,6 +91,7 @@ def run(settings: Settings, *, consume: bool = True, serve_api: bool = True) -> 
                 logs_dir=str(settings.logs_dir),
             )
         try:
+            _stop_on_signals(stop)
             if serve_api:
                 # The API's own client answers probes quickly even when Redis hangs (SIGSTOP, overload).
                 app = create_app(Runtime(settings, redis_client(url, settings, timeout_s=1.0), consumer))
@@ -98,9 +99,12 @@ def run(settings: Settings, *, consume: bool = True, serve_api: bool = True) -> 
                     app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                     timeout_graceful_shutdown=2, access_log=False,
                 )  # fmt: skip
-                uvicorn.Server(config).run()  # returns after SIGTERM/SIGINT
+                # uvicorn handles SIGTERM/SIGINT while it serves, then restores our handlers and raises the
+                # signal again: ours only sets ``stop``, so the batch in hand is still finished below.
+                uvicorn.Server(config).run()
             else:
-                _wait_for_signal(stop)
+                while not stop.wait(0.5):
+                    pass
         finally:
             stop.set()
             if thread is not None:
@@ -112,11 +116,9 @@ def run(settings: Settings, *, consume: bool = True, serve_api: bool = True) -> 
             client.close()
 
 
-def _wait_for_signal(stop: threading.Event) -> None:
+def _stop_on_signals(stop: threading.Event) -> None:
     def handle(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
-    while not stop.wait(0.5):
-        pass
