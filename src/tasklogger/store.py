@@ -273,9 +273,9 @@ class Store:
             return JsonlFile(key, name, empty, exists=False)
         try:
             size = os.fstat(fd).st_size
-            valid_end = _last_newline_end(fd, size)
+            valid_end = _after_last_newline(fd, size)
             while valid_end > 0:
-                line_start = _line_start(fd, valid_end - 1)
+                line_start = _after_last_newline(fd, valid_end - 1)
                 line = os.pread(fd, valid_end - line_start, line_start)
                 try:
                     last = records.parse_line(line)
@@ -313,13 +313,7 @@ class Store:
         finally:
             os.close(state_fd)
         try:
-            name = f"{relpath.replace('/', '__')}.{offset}.bin"
-            fd = os.open(name, CREATE_FLAGS, 0o644, dir_fd=qfd)
-            try:
-                write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_synced(qfd, f"{relpath.replace('/', '__')}.{offset}.bin", CREATE_FLAGS, data)
             os.fsync(qfd)
         finally:
             os.close(qfd)
@@ -660,22 +654,8 @@ class Batch:
                 pass  # the next batch's recovery cuts any partial tail and the dedup skips what is complete
 
 
-def _last_newline_end(fd: int, size: int) -> int:
-    """Offset just past the last newline in the file (0 if none)."""
-    end = size
-    while end > 0:
-        start = max(0, end - _TAIL_CHUNK)
-        chunk = os.pread(fd, end - start, start)
-        pos = chunk.rfind(b"\n")
-        if pos >= 0:
-            return start + pos + 1
-        end = start
-    return 0
-
-
-def _line_start(fd: int, newline_at: int) -> int:
-    """Offset of the first byte of the line that ends with the newline at ``newline_at``."""
-    end = newline_at
+def _after_last_newline(fd: int, end: int) -> int:
+    """Offset just past the last newline before ``end`` (0 if none): where the line that ``end`` is in starts."""
     while end > 0:
         start = max(0, end - _TAIL_CHUNK)
         chunk = os.pread(fd, end - start, start)
