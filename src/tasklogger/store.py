@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import socket
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -313,7 +314,9 @@ class Store:
         finally:
             os.close(state_fd)
         try:
-            write_synced(qfd, f"{relpath.replace('/', '__')}.{offset}.bin", CREATE_FLAGS, data)
+            # The time in the name keeps two damaged lines found at the same offset (on different days) apart.
+            name = f"{relpath.replace('/', '__')}.{offset}.{time.time_ns()}.bin"
+            write_synced(qfd, name, CREATE_FLAGS | os.O_EXCL, data)
             os.fsync(qfd)
         finally:
             os.close(qfd)
