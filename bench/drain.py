@@ -1,57 +1,137 @@
-"""Drain benchmark: a backlog published before the consumer starts; events/s to drain it, and peak RSS.
+"""Drain benchmark: a backlog of the realistic workload is published to a fresh redis-server BEFORE the consumer
+starts; then ``python -m tasklogger consume`` is started and timed until the group has read everything and
+acknowledged it all (lag 0, pending 0). Reports events/s, peak RSS of the service (sampled every 50 ms), its CPU
+time, and the machine. Afterwards the records on disk are counted (one per published entry).
 
-python bench/drain.py --events 100000
+    python bench/drain.py --events 100000
+    python bench/drain.py --events 20000 --dir /mnt/ssd/tl-bench      # measure on a given disk
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import RedisProcess, RssSampler, Service, drained, machine, wait
-from workload import interleaved, publish
+import redis
+from common import RedisProcess, RssSampler, Service, machine
+from workload import STREAM, interleaved, publish, summary
+
+GROUP = "task-logger"
+
+
+def group_state(client: redis.Redis) -> tuple[int, int, int] | None:
+    """(entries read, lag, pending) of the service's group, or None before it exists."""
+    try:
+        for info in client.xinfo_groups(STREAM):
+            if info["name"] in (GROUP, GROUP.encode()):
+                lag = info.get("lag")
+                return int(info.get("entries-read") or 0), -1 if lag is None else int(lag), int(info["pending"])
+    except redis.ResponseError:
+        pass
+    return None
+
+
+def records_on_disk(logs_dir: Path) -> int:
+    """How many JSONL records the logs directory holds (task files, webhook buffers and dead letters)."""
+    total = 0
+    for path in logs_dir.rglob("*.jsonl"):
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                total += chunk.count(b"\n")
+    return total
+
+
+def nproc() -> int:
+    """CPUs this process may run on (what ``nproc`` prints)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=None, help="MAX_BATCH_SIZE for the service")
-    parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
-    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=None, help="MAX_BATCH_SIZE for the service (default: its own)")
+    parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir, removed)")
+    parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds of draining")
     args = parser.parse_args()
 
     work = args.dir or Path(tempfile.mkdtemp(prefix="tl-drain-"))
-    redis_proc = RedisProcess(work / "redis", appendonly=False).start()
-    service = None
+    work.mkdir(parents=True, exist_ok=True)
+    logs = work / "logs"
+    if logs.exists():
+        raise SystemExit(f"{logs} exists: use an empty --dir")
+    redis_proc = RedisProcess(work / "redis", appendonly=False)
+    service: Service | None = None
+    sampler: RssSampler | None = None
     try:
+        redis_proc.start()
         client = redis_proc.client()
+        entries = list(interleaved(args.events, seed=args.seed))
+        print(f"workload: {summary(entries)}")
         started = time.perf_counter()
-        publish(client, interleaved(args.events))
-        print(f"published {args.events} events in {time.perf_counter() - started:.1f}s")
+        publish(client, entries)
+        del entries
+        print(f"published {args.events} entries in {time.perf_counter() - started:.1f}s (before the consumer starts)")
+
         env = {"MAX_BATCH_SIZE": str(args.batch)} if args.batch else {}
-        service = Service(work / "logs", redis_proc.url, env=env).start()
-        assert service.process is not None
-        sampler = RssSampler(service.process.pid)
-        sampler.start()
         started = time.perf_counter()
-        if not wait(lambda: drained(client), args.timeout, interval=0.02):
-            raise SystemExit(f"not drained within {args.timeout}s; see {service.log}")
+        service = Service(logs, redis_proc.url, env=env).start()
+        assert service.process is not None
+        sampler = RssSampler(service.process.pid, interval=0.05)
+        sampler.start()
+        first_ack: float | None = None
+        acked_at_first = 0
+        deadline = started + args.timeout
+        while True:
+            state = group_state(client)
+            now = time.perf_counter()
+            if state is not None:
+                read, lag, pending = state
+                if first_ack is None and read - pending > 0:
+                    first_ack, acked_at_first = now, read - pending
+                if lag == 0 and pending == 0:
+                    break
+            if service.process.poll() is not None:
+                raise SystemExit(f"the service exited with {service.process.returncode}; see {service.log}")
+            if now > deadline:
+                raise SystemExit(f"not drained within {args.timeout:.0f}s; see {service.log}")
+            time.sleep(0.02)
         elapsed = time.perf_counter() - started
         peak = sampler.stop()
         cpu = sampler.process.cpu_times()
-        disk = sum(f.stat().st_size for f in (work / "logs").rglob("*") if f.is_file())
+        service.stop()
+
+        on_disk = records_on_disk(logs)
+        size = sum(f.stat().st_size for f in logs.rglob("*") if f.is_file())
+        steady = ""
+        if first_ack is not None:
+            rest = (args.events - acked_at_first) / max(1e-9, elapsed - (first_ack - started))
+            steady = f"; {rest:,.0f} events/s from the first acknowledged batch on"
         print(
-            f"drain: {args.events} events in {elapsed:.2f}s = {args.events / elapsed:,.0f} events/s; "
-            f"peak RSS {peak / 2**20:.1f} MB; {disk / 2**20:.0f} MB written; "
-            f"service CPU user {cpu.user:.1f}s system {cpu.system:.1f}s"
+            f"drain: {args.events} events in {elapsed:.2f} s = {args.events / elapsed:,.0f} events/s "
+            f"(from starting the process{steady})"
         )
-        print(f"machine: {machine(work)}")
+        print(
+            f"service: peak RSS {peak / 2**20:.1f} MB; CPU user {cpu.user:.1f} s, system {cpu.system:.1f} s; "
+            f"{size / 2**20:.0f} MB written; {on_disk} records on disk"
+            + ("" if on_disk == args.events else f" (EXPECTED {args.events})")
+        )
+        print(f"machine: nproc={nproc()}, {machine(logs)}")
+        if on_disk != args.events:
+            sys.exit(1)
     finally:
+        if sampler is not None:
+            sampler.stop()
         if service is not None:
-            service.stop()
+            service.kill()
         redis_proc.kill()
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -90,7 +90,11 @@ def project(event: Event, view: View) -> list[Op]:
         assert event.webhook_event_id is not None  # wire.decode guarantees one of the two
         if view.webhook_task is None:
             return [Append(WebhookBuffer(event.webhook_event_id), body)]
-        return [Append(TaskFile(view.webhook_task, WEBHOOK_FLOW), body)]
+        # Adopt first: a buffer left by an interrupted move must land before this step (a no-op otherwise).
+        return [
+            AdoptWebhook(event.webhook_event_id, view.webhook_task),
+            Append(TaskFile(view.webhook_task, WEBHOOK_FLOW), body),
+        ]
 
     task_id = event.task_id
     ops: list[Op] = []

@@ -15,9 +15,7 @@ from types import FrameType
 
 import redis
 import structlog
-import uvicorn
 
-from .api import Runtime, create_app
 from .config import Settings
 from .consumer import Consumer
 from .embedded import EmbeddedRedis
@@ -93,6 +91,11 @@ def run(settings: Settings, *, consume: bool = True, serve_api: bool = True) -> 
         try:
             _stop_on_signals(stop)
             if serve_api:
+                # Imported here: ``consume`` alone never loads the web stack (a smaller process).
+                import uvicorn
+
+                from .api import Runtime, create_app
+
                 # The API's own client answers probes quickly even when Redis hangs (SIGSTOP, overload).
                 app = create_app(Runtime(settings, redis_client(url, settings, timeout_s=1.0), consumer))
                 config = uvicorn.Config(

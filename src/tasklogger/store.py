@@ -134,7 +134,9 @@ class Store:
         self.root = logs_dir
         self._syncer = Syncer(fsync_threads)
         self._files: _Lru = _Lru(cache_size)
-        self._inputs: _Lru = _Lru(cache_size)
+        # 01-input.json is read back only between a task's created and context_built events, a few batches
+        # apart; its enriched prompt can be 50 KB, so few are kept.
+        self._inputs: _Lru = _Lru(256)
         self._webhook_tasks: _Lru = _Lru(cache_size)
         self._known_dirs: _Lru = _Lru(cache_size)
         self._root_fd = -1
@@ -532,6 +534,7 @@ class Batch:
                 self._write_json_views()
                 self._append_records()
                 store._syncer.fsync_all(self._fds_of(self.sync_dirs))
+                self._write_markers()
             except BaseException as exc:
                 # Whatever failed (the disk, or a task directory swapped for a symlink since it was cached),
                 # nothing of this batch counts as stored: cut the appends back and forget every cached head.
@@ -598,19 +601,25 @@ class Batch:
             jobs.append(partial(write_synced, dir_fd, f".{name}.tmp", CREATE_FLAGS, content))
             renames.append((dir_fd, (task_id,), name))
         self.store._syncer.run_all(jobs)
-        for webhook_id, task_id in self.markers.items():
-            # The mapping is a symlink whose text is the task id: one atomic create, no content to fsync, made
-            # durable by the directory fsync below. It is only ever read with readlink, never followed. The first
-            # mapping of a webhook id wins, so one left by an interrupted batch is kept as it is.
-            key = webhook_dir(webhook_id)
-            with contextlib.suppress(FileExistsError):
-                os.symlink(task_id, f"{webhook_id}.task", dir_fd=self._ensure_dir(key))
-            self.sync_dirs.add(key)
         for dir_fd, key, name in renames:
             # The temp file is fsynced, so the rename publishes complete bytes; the directory fsync that follows
             # makes the rename itself survive a power loss.
             os.rename(f".{name}.tmp", name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             self.sync_dirs.add(key)
+
+    def _write_markers(self) -> None:
+        """Webhook -> task mappings, made only once the records they route are durable: a mapping that outlived a
+        failed batch would send the next step straight to the task, ahead of the steps still buffered.
+
+        Each is a symlink whose text is the task id: one atomic create, no content to fsync, made durable by the
+        directory fsync. It is only ever read with readlink, never followed. The first mapping wins."""
+        keys: set[DirKey] = set()
+        for webhook_id, task_id in self.markers.items():
+            key = webhook_dir(webhook_id)
+            with contextlib.suppress(FileExistsError):
+                os.symlink(task_id, f"{webhook_id}.task", dir_fd=self._ensure_dir(key))
+            keys.add(key)
+        self.store._syncer.fsync_all(self._fds_of(keys))
 
     def _append_records(self) -> None:
         """One write and one fsync per touched file, all files at once on the pool."""
