@@ -533,8 +533,8 @@ class Batch:
             try:
                 self._write_json_views()
                 self._append_records()
+                self._write_markers()  # after the records they route are fsynced
                 store._syncer.fsync_all(self._fds_of(self.sync_dirs))
-                self._write_markers()
             except BaseException as exc:
                 # Whatever failed (the disk, or a task directory swapped for a symlink since it was cached),
                 # nothing of this batch counts as stored: cut the appends back and forget every cached head.
@@ -613,13 +613,11 @@ class Batch:
 
         Each is a symlink whose text is the task id: one atomic create, no content to fsync, made durable by the
         directory fsync. It is only ever read with readlink, never followed. The first mapping wins."""
-        keys: set[DirKey] = set()
         for webhook_id, task_id in self.markers.items():
             key = webhook_dir(webhook_id)
             with contextlib.suppress(FileExistsError):
                 os.symlink(task_id, f"{webhook_id}.task", dir_fd=self._ensure_dir(key))
-            keys.add(key)
-        self.store._syncer.fsync_all(self._fds_of(keys))
+            self.sync_dirs.add(key)
 
     def _append_records(self) -> None:
         """One write and one fsync per touched file, all files at once on the pool."""
