@@ -212,10 +212,11 @@ class ServiceProcess:
     """``tasklogger serve`` (or another command) as a real subprocess, as a user or a supervisor runs it."""
 
     def __init__(self, logs_dir: Path, redis_url: str | None, *, args: tuple[str, ...] = ("serve",),
-                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+                 env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> None:  # fmt: skip
         self.logs_dir = logs_dir
         self.port = free_port()
         self.args = args
+        self.prefix = prefix  # e.g. setpriv, to run the service with fewer privileges
         self.env = dict(os.environ)
         self.env.update({"LOGS_DIR": str(logs_dir), "PORT": str(self.port), "TASKLOGGER_BLOCK_MS": "50"})
         if redis_url is not None:
@@ -230,7 +231,7 @@ class ServiceProcess:
         self.logs_dir.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tasklogger", *self.args], env=self.env, stdout=log, stderr=log,
+            [*self.prefix, sys.executable, "-m", "tasklogger", *self.args], env=self.env, stdout=log, stderr=log,
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
         log.close()

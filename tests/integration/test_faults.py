@@ -5,6 +5,7 @@ consumer comes back by itself."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,7 +17,15 @@ import redis
 
 from tasklogger.api import Runtime, health_report, metrics_snapshot
 from tests.faults import dead_letter_reasons, ids_on_disk, pending_count, records_on_disk
-from tests.support import ConsumerRun, Publisher, RedisProcess, consumer_run, settings_for, wait_until
+from tests.support import (
+    ConsumerRun,
+    Publisher,
+    RedisProcess,
+    ServiceProcess,
+    consumer_run,
+    settings_for,
+    wait_until,
+)
 
 
 def probe(run: ConsumerRun) -> tuple[int, dict[str, Any], dict[str, Any]]:
@@ -208,3 +217,47 @@ def test_entry_that_always_fails_is_dead_lettered_and_the_rest_flows(
     counts = ids_on_disk(logs_dir)
     assert all(counts[i] == 1 for i in good_before + good_after)
     assert pending_count(client) == 0
+
+
+def test_permission_denied_waits_and_resumes(
+    redis_url: str, client: redis.Redis, publisher: Publisher, logs_dir: Path
+) -> None:
+    """EACCES for real: the service runs as root without CAP_DAC_OVERRIDE, so file modes apply to it."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv (util-linux)")
+    prefix = (setpriv, "--bounding-set=-dac_override,-dac_read_search")
+    service = ServiceProcess(logs_dir, redis_url, prefix=prefix).start()
+    try:
+        published = publish_task(publisher, "t-eacces", 3)
+        wait_until(lambda: _drained(client), what="the first events")
+        task_dir = logs_dir / "t-eacces"
+        (task_dir / "03-agent-output.jsonl").chmod(0o400)
+        task_dir.chmod(0o500)
+        try:
+            published += publish_task(publisher, "t-eacces", 3)
+            wait_until(
+                lambda: "disk_permission_denied" in (service.get("/health")[1] or {}).get("reasons", []),
+                what="/health to report disk_permission_denied",
+            )
+            assert service.get("/health")[0] == 503
+            assert pending_count(client) > 0
+            assert service.get("/metrics")[1]["errors"]["disk_permission_denied"] >= 1
+        finally:
+            task_dir.chmod(0o755)
+            (task_dir / "03-agent-output.jsonl").chmod(0o644)
+        wait_until(lambda: _drained(client), timeout=20, what="the drain after the fix")
+        wait_until(lambda: service.get("/health")[0] == 200, what="/health to recover")
+    finally:
+        service.kill()
+    counts = ids_on_disk(logs_dir)
+    assert sorted(counts) == sorted(published)
+    assert set(counts.values()) == {1}
+
+
+def _drained(client: redis.Redis) -> bool:
+    try:
+        info = client.xinfo_groups("task_events")[0]
+    except (redis.ResponseError, IndexError):
+        return False
+    return bool(info["lag"] == 0 and info["pending"] == 0)
