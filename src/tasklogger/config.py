@@ -8,6 +8,7 @@ A CLI flag, when given, wins over the environment.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -116,5 +117,4 @@ STATE_DIR_NAME = ".tasklogger"
 
 
 def _is_stream_id(value: str) -> bool:
-    ms, _, seq = value.partition("-")
-    return ms.isdigit() and (seq == "" or seq.isdigit())
+    return re.fullmatch(r"[0-9]+(-[0-9]+)?", value, re.ASCII) is not None

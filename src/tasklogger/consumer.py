@@ -226,6 +226,8 @@ class Consumer:
                 self._decoded[entry_id] = decode(entry_id, fields, max_entry_bytes=self.settings.max_entry_bytes)
             except BadEntry as exc:
                 self._decoded[entry_id] = exc
+            except Exception:  # decoded again in its own batch, where a defect is isolated properly
+                log.exception("decoding ahead failed", id=entry_id)
 
     def _delivery_counts(self, entries: list[RawEntry]) -> dict[str, int]:
         rows = self.redis.xpending_range(
@@ -320,8 +322,10 @@ class Consumer:
             # The commit waits on the disk (on the pool's threads); meanwhile this thread reads and decodes the
             # next batch, which touches no file. The store is used by one thread at a time all the same.
             future = self._committer.submit(batch.commit)
-            self._prefetch()
-            result = future.result()
+            try:
+                self._prefetch()
+            finally:
+                result = future.result()  # never leave a commit running behind the loop's back
         else:
             result = batch.commit()
         # Durable from here on: safe to acknowledge.

@@ -143,7 +143,7 @@ def metadata_doc(event: Event) -> dict[str, Any]:
     return {
         "task_id": event.task_id,
         "source": _text(data.get("source")),
-        "agent_type": _text(data.get("assigned_agent", data.get("agent_type"))),
+        "agent_type": _text(_first(data.get("assigned_agent"), data.get("agent_type"))),
         "user_id": _text(data.get("user_id")),
         "machine_id": _text(data.get("machine_id")),
         "session_id": _text(data.get("session_id")),
@@ -225,10 +225,16 @@ def to_number(value: Any, kind: type[int] | type[float]) -> tuple[int | float | 
         if not isinstance(number, int | float) or not math.isfinite(number):
             return None, False
         if kind is int:
-            return (int(number), True) if float(number).is_integer() else (None, False)
+            if not float(number).is_integer() or not -(2**63) <= int(number) < 2**64:
+                return None, False  # JSON cannot carry it faithfully (orjson stops at 64 bits)
+            return int(number), True
         return float(number), True
     except (ValueError, OverflowError):
         return None, False
+
+
+def _first(*values: Any) -> Any:
+    return next((value for value in values if value is not None), None)
 
 
 def _text(value: Any) -> str | None:

@@ -82,7 +82,7 @@ def parse_line(line: bytes) -> Record:
     if not isinstance(body, dict):
         raise RecordError("not a JSON object")
     seq, entry_id = body.get("seq"), body.get("id")
-    if not isinstance(seq, int) or seq < 1 or not isinstance(entry_id, str):
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1 or not isinstance(entry_id, str):
         raise RecordError("missing seq or id")
     return Record(seq, entry_id, body, canonical, bytes.fromhex(hex_part.decode()))
 

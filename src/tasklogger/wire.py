@@ -115,7 +115,10 @@ def preserve_fields(fields: dict[bytes, bytes] | None) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {}
     for key, value in fields.items():
-        out[_safe_text(key, prefix="b64:")] = _preserve_value(value)
+        name = _safe_text(key, prefix="b64:")
+        while name in out:  # a text name that happens to look like an encoded one: keep both
+            name += "#"
+        out[name] = _preserve_value(value)
     return out
 
 
@@ -153,11 +156,14 @@ def _decode_data(raw: bytes | None) -> dict[str, Any]:
     return data
 
 
+_ABSENT = (None, "", "null", "None")
+
+
 def _id_from(field_value: str | None, data_value: Any) -> str | None:
     # Producers write "" or "null" for an id they do not know yet: that is absence, not an unsafe id.
-    if field_value not in (None, "", "null", "None"):
+    if field_value not in _ABSENT:
         return field_value
-    if isinstance(data_value, str) and data_value:
+    if isinstance(data_value, str) and data_value not in _ABSENT:
         return data_value
     if isinstance(data_value, int) and not isinstance(data_value, bool):
         return str(data_value)
@@ -166,7 +172,10 @@ def _id_from(field_value: str | None, data_value: Any) -> str | None:
 
 def _timestamp(value: str | None, entry_id: str) -> tuple[str, str | None]:
     if not value:
-        return entry_id_time(entry_id), "missing"
+        try:
+            return entry_id_time(entry_id), "missing"
+        except (ValueError, OverflowError, OSError):
+            return entry_id, "missing"  # an explicit id beyond any calendar: keep the id itself
     return value, None if parse_timestamp(value) is not None else "invalid"
 
 
