@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -261,3 +262,52 @@ def _drained(client: redis.Redis) -> bool:
     except (redis.ResponseError, IndexError):
         return False
     return bool(info["lag"] == 0 and info["pending"] == 0)
+
+
+@pytest.fixture
+def eio_disk(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A FUSE passthrough (tests/faultfs.py) whose writes and fsyncs fail with EIO while a flag file exists."""
+    if os.geteuid() != 0 or not Path("/dev/fuse").exists() or shutil.which("fusermount3") is None:
+        pytest.skip("needs root, /dev/fuse and fuse3 (CI installs them)")
+    backing, mountpoint, flag = tmp_path / "backing", tmp_path / "mnt", tmp_path / "eio"
+    backing.mkdir()
+    mountpoint.mkdir()
+    script = Path(__file__).resolve().parents[1] / "faultfs.py"
+    fs = subprocess.Popen([sys.executable, str(script), str(backing), str(mountpoint), str(flag)])
+    try:
+        wait_until(lambda: os.path.ismount(mountpoint), timeout=10, what="the FUSE mount")
+        yield mountpoint, flag
+    finally:
+        flag.unlink(missing_ok=True)
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+        try:
+            fs.wait(10)
+        except subprocess.TimeoutExpired:
+            fs.kill()
+
+
+def test_io_errors_wait_and_resume(
+    redis_url: str, client: redis.Redis, publisher: Publisher, eio_disk: tuple[Path, Path]
+) -> None:
+    """EIO on write and fsync for real: nothing of the failed batch is acknowledged, no partial line is left,
+    the batch is written again (on new descriptors) once the disk answers."""
+    mountpoint, flag = eio_disk
+    logs_dir = mountpoint / "logs"
+    with consumer_run(settings_for(redis_url, logs_dir)) as run:
+        published = publish_task(publisher, "t-eio", 3)
+        run.wait_drained()
+        flag.touch()
+        published += publish_task(publisher, "t-eio", 20)
+        published += publish_task(publisher, "t-eio-new", 2)
+        wait_until(lambda: run.consumer.stats.fault == "disk_io_error", timeout=15, what="disk_io_error")
+        status, health, _metrics = probe(run)
+        assert status == 503 and "disk_io_error" in health["reasons"]
+        assert pending_count(client) > 0
+        time.sleep(0.5)
+        flag.unlink()
+        run.wait_drained(timeout=20)
+    for path in logs_dir.rglob("*.jsonl"):
+        assert path.read_bytes().endswith(b"\n")
+    counts = ids_on_disk(logs_dir)
+    assert sorted(counts) == sorted(published)
+    assert set(counts.values()) == {1}
