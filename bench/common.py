@@ -11,14 +11,13 @@ import time
 from pathlib import Path
 
 import psutil
-import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support import RedisProcess, free_port  # noqa: E402
+from tests.support import RedisProcess, free_port, group_drained  # noqa: E402
 
-__all__ = ["RedisProcess", "Service", "RssSampler", "drained", "machine", "free_port"]
+__all__ = ["RedisProcess", "Service", "RssSampler", "group_drained", "machine", "free_port"]
 
 
 class Service:
@@ -80,17 +79,6 @@ class RssSampler(threading.Thread):
         self._halt.set()
         self.join(2)
         return self.peak
-
-
-def drained(client: redis.Redis, stream: str = "task_events", group: str = "task-logger") -> bool:
-    """The group has read every entry and acknowledged all it read."""
-    try:
-        for info in client.xinfo_groups(stream):
-            if info["name"] in (group, group.encode()):
-                return bool(info["lag"] == 0 and info["pending"] == 0)
-    except redis.ResponseError:
-        pass
-    return False
 
 
 def machine(path: Path) -> str:

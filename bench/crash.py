@@ -36,7 +36,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RedisProcess, Service
+from common import RedisProcess, Service, group_drained
 from workload import STATE_DIR, STREAM, Fields, destination, interleaved, publish, webhook_tasks
 
 from tasklogger import records
@@ -230,15 +230,6 @@ def _progress(client: redis.Redis) -> int:
     return -1
 
 
-def _drained(client: redis.Redis) -> bool:
-    try:
-        for info in client.xinfo_groups(STREAM):
-            return bool(info["lag"] == 0 and info["pending"] == 0)
-    except redis.ResponseError:
-        pass
-    return False
-
-
 def _wait(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -316,7 +307,7 @@ def run(
                 before = _progress(client)
 
                 def moved(before: int = before) -> bool:
-                    return _progress(client) > before or _drained(client)
+                    return _progress(client) > before or group_drained(client)
 
                 if not _wait(moved, deadline - time.monotonic()):
                     raise RuntimeError(f"no progress before kill {n + 1}; see {service.log}")
@@ -332,7 +323,7 @@ def run(
             raise RuntimeError(f"publishing failed: {producer.error!r}")
         if producer.is_alive():
             raise RuntimeError("the producer did not finish in time")
-        if not _wait(lambda: _drained(client), max(0.0, deadline - time.monotonic()), interval=0.05):
+        if not _wait(lambda: group_drained(client), max(0.0, deadline - time.monotonic()), interval=0.05):
             raise RuntimeError(f"the service did not drain in time; see {service.log}")
         # SIGTERM only once the last incarnation has had time to install its handler (it may have just started).
         time.sleep(max(0.0, service_started + 2.0 - time.monotonic()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 import redis
@@ -12,23 +13,28 @@ from tasklogger import records
 from tasklogger.config import STATE_DIR_NAME
 
 
-def records_on_disk(logs_dir: Path) -> dict[str, list[dict[str, object]]]:
-    """Every JSONL file's records (relative path -> bodies), checking each chain link on the way."""
-    out: dict[str, list[dict[str, object]]] = {}
-    for path in sorted(p for p in logs_dir.rglob("*.jsonl") if p.is_file()):
-        rel = path.relative_to(logs_dir).as_posix()
-        data = path.read_bytes()
-        assert not data or data.endswith(b"\n"), f"{rel} ends with a partial line"
-        prev = records.genesis(rel)
-        bodies = []
-        for n, line in enumerate(data.splitlines(), start=1):
-            record = records.parse_line(line)
-            assert record.seq == n, f"{rel}:{n} has seq {record.seq}"
-            assert record.hash == records.link(prev, record.canonical), f"{rel}:{n} breaks the chain"
-            prev = record.hash
-            bodies.append(record.body)
-        out[rel] = bodies
-    return out
+def chain(logs_dir: Path, rel: str) -> list[dict[str, Any]]:
+    """The bodies of one JSONL file, after checking every line: complete, seq 1..n, each hash linked from genesis."""
+    data = (logs_dir / rel).read_bytes()
+    assert not data or data.endswith(b"\n"), f"{rel} ends with a partial line"
+    prev = records.genesis(rel)
+    bodies = []
+    for n, line in enumerate(data.splitlines(), start=1):
+        record = records.parse_line(line)
+        assert record.seq == n, f"{rel}:{n} has seq {record.seq}"
+        assert record.hash == records.link(prev, record.canonical), f"{rel}:{n} breaks the chain"
+        prev = record.hash
+        bodies.append(record.body)
+    return bodies
+
+
+def records_on_disk(logs_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every JSONL file's records (relative path -> bodies), each chain checked on the way."""
+    return {
+        p.relative_to(logs_dir).as_posix(): chain(logs_dir, p.relative_to(logs_dir).as_posix())
+        for p in sorted(logs_dir.rglob("*.jsonl"))
+        if p.is_file()
+    }
 
 
 def ids_on_disk(logs_dir: Path) -> Counter[str]:

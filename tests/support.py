@@ -146,6 +146,18 @@ class Publisher:
         return self.raw(fields)
 
 
+def group_drained(client: redis.Redis, stream: str = "task_events", group: str = "task-logger") -> bool:
+    """The group has read every entry of the stream and acknowledged all it read (lag 0, nothing pending)."""
+    try:
+        groups = client.xinfo_groups(stream)
+    except redis.ResponseError:
+        return False
+    for info in groups:
+        if info["name"] in (group, group.encode()):
+            return bool(info["lag"] == 0 and info["pending"] == 0)
+    return False
+
+
 def settings_for(redis_url: str, logs_dir: Path, **overrides: Any) -> Settings:
     """Settings for a test: fast blocking reads and claims, everything else default."""
     values: dict[str, Any] = {"redis_url": redis_url, "logs_dir": logs_dir, "block_ms": 50}
@@ -171,15 +183,7 @@ class ConsumerRun:
 
     def drained(self) -> bool:
         """True when the group has read everything and nothing is pending."""
-        try:
-            groups = self.client.xinfo_groups(self.settings.stream)
-        except redis.ResponseError:
-            return False
-        for group in groups:
-            name = group["name"].decode() if isinstance(group["name"], bytes) else group["name"]
-            if name == self.settings.group:
-                return bool(group["lag"] == 0 and group["pending"] == 0)
-        return False
+        return group_drained(self.client, self.settings.stream, self.settings.group)
 
     def wait_drained(self, timeout: float = 20.0) -> None:
         wait_until(self.drained, timeout=timeout, what="the consumer to drain the stream")

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from tasklogger.config import Settings
-from tests.support import Publisher, RedisProcess, ServiceProcess, wait_until
+from tests.support import Publisher, RedisProcess, ServiceProcess, group_drained, wait_until
 
 STREAM = "task_events"
 GROUP = "task-logger"
@@ -32,15 +32,6 @@ def _raw_get(port: int, path: str) -> tuple[int, bytes]:
         return response.status, response.read()
     finally:
         conn.close()
-
-
-def _acked(client: redis.Redis) -> bool:
-    try:
-        groups = client.xinfo_groups(STREAM)
-    except redis.ResponseError:
-        return False
-    group = next((g for g in groups if g["name"] in (GROUP, GROUP.encode())), None)
-    return group is not None and group["lag"] == 0 and group["pending"] == 0
 
 
 @pytest.fixture
@@ -89,7 +80,7 @@ def test_task_logs_returns_every_key(
     asked = publisher.event("task:user_input", task_id="full", data={"content": "ok?", "question_type": "confirm"})
     done = publisher.event("task:completed", task_id="full", data={"status": "completed", "cost_usd": "0.25"})
     publisher.event("task:output", task_id="partial", data={"content": "just started"})
-    wait_until(lambda: _acked(client), timeout=20, what="the workload to be consumed")
+    wait_until(lambda: group_drained(client), timeout=20, what="the workload to be consumed")
 
     status, body = service.get("/tasks/full/logs")
     assert status == 200
@@ -136,7 +127,7 @@ def test_unsafe_task_ids_are_refused(
     # Give the state directory something a traversal could find.
     publisher.event("webhook:received", webhook_event_id="wh-secret", data={"source": SECRET})
     publisher.raw({"type": "task:output", "task_id": "..", "data": json.dumps({"content": SECRET})})
-    wait_until(lambda: _acked(client), timeout=20, what="the entries to be consumed")
+    wait_until(lambda: group_drained(client), timeout=20, what="the entries to be consumed")
     assert (logs_dir / ".tasklogger" / "dead-letters.jsonl").exists()
 
     for path in UNSAFE_PATHS:
@@ -150,7 +141,7 @@ def test_a_symlink_out_of_the_logs_dir_is_never_followed(
     service: ServiceProcess, publisher: Publisher, client: redis.Redis, logs_dir: Path, tmp_path: Path
 ) -> None:
     publisher.event("task:output", task_id="real", data={"content": "mine"})
-    wait_until(lambda: _acked(client), timeout=20, what="the entry to be consumed")
+    wait_until(lambda: group_drained(client), timeout=20, what="the entry to be consumed")
 
     # A directory outside the logs directory that looks exactly like a task.
     outside = tmp_path / "outside-task"
@@ -174,7 +165,7 @@ def test_a_symlinked_file_in_a_task_dir_is_treated_as_absent(
     service: ServiceProcess, publisher: Publisher, client: redis.Redis, logs_dir: Path, tmp_path: Path
 ) -> None:
     publisher.event("task:output", task_id="real", data={"content": "mine"})
-    wait_until(lambda: _acked(client), timeout=20, what="the entry to be consumed")
+    wait_until(lambda: group_drained(client), timeout=20, what="the entry to be consumed")
     secret_json = tmp_path / "secret.json"
     secret_json.write_text(json.dumps({"secret": SECRET}))
     secret_jsonl = tmp_path / "secret.jsonl"
@@ -213,7 +204,7 @@ def test_metrics_after_a_known_workload(service: ServiceProcess, publisher: Publ
     publisher.raw({"task_id": "m3", "data": "{}"})
     publisher.raw({"type": "task:output", "task_id": "../m3", "data": "{}"})
     written, dead = 6 + 2 + 1, 3
-    wait_until(lambda: _acked(client), timeout=20, what="the workload to be consumed")
+    wait_until(lambda: group_drained(client), timeout=20, what="the workload to be consumed")
 
     status, metrics = service.get("/metrics")
     assert status == 200

@@ -16,11 +16,11 @@ import orjson
 import pytest
 import redis
 
-from tasklogger import records
 from tasklogger.config import STATE_DIR_NAME, Settings
 from tasklogger.projector import project
 from tasklogger.store import Store
 from tasklogger.wire import decode
+from tests.faults import chain, records_on_disk
 from tests.support import Publisher, consumer_run, settings_for, wait_until
 
 STREAM = "task_events"
@@ -33,30 +33,6 @@ DEAD = f"{STATE_DIR_NAME}/dead-letters.jsonl"
 # -- helpers: what is on disk, what Redis still owes ---------------------------------------------------------------
 
 
-def chain(logs_dir: Path, rel: str) -> list[dict[str, Any]]:
-    """The bodies of one JSONL file, after checking every line: complete, seq 1..n, each hash linked from genesis."""
-    data = (logs_dir / rel).read_bytes()
-    assert data.endswith(b"\n"), f"{rel} ends with a partial line"
-    prev = records.genesis(rel)
-    bodies = []
-    for n, line in enumerate(data.splitlines(), start=1):
-        record = records.parse_line(line)
-        assert record.seq == n, f"{rel}:{n} has seq {record.seq}"
-        assert record.hash == records.link(prev, record.canonical), f"{rel}:{n} breaks the chain"
-        prev = record.hash
-        bodies.append(record.body)
-    return bodies
-
-
-def all_chains(logs_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every JSONL file under the logs directory (task files, webhook buffers, dead letters), each one verified."""
-    return {
-        p.relative_to(logs_dir).as_posix(): chain(logs_dir, p.relative_to(logs_dir).as_posix())
-        for p in sorted(logs_dir.rglob("*.jsonl"))
-        if p.is_file()
-    }
-
-
 def ids_in(logs_dir: Path, rel: str) -> list[str]:
     return [str(body["id"]) for body in chain(logs_dir, rel)]
 
@@ -64,7 +40,7 @@ def ids_in(logs_dir: Path, rel: str) -> list[str]:
 def id_counts(logs_dir: Path) -> Counter[str]:
     """How many records carry each stream id, over every JSONL file."""
     counts: Counter[str] = Counter()
-    for bodies in all_chains(logs_dir).values():
+    for bodies in records_on_disk(logs_dir).values():
         counts.update(str(body["id"]) for body in bodies)
     return counts
 
@@ -608,7 +584,7 @@ def test_dead_lettered_entry_is_not_written_again_when_replayed(
         run.wait_drained(timeout=10)
 
     counts = id_counts(logs_dir)
-    assert counts[over] == 1, f"{over} is in {counts[over]} records: {sorted(all_chains(logs_dir))}"
+    assert counts[over] == 1, f"{over} is in {counts[over]} records: {sorted(records_on_disk(logs_dir))}"
     assert pending(client) == 0
 
 

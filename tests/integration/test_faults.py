@@ -24,6 +24,7 @@ from tests.support import (
     RedisProcess,
     ServiceProcess,
     consumer_run,
+    group_drained,
     settings_for,
     wait_until,
 )
@@ -231,7 +232,7 @@ def test_permission_denied_waits_and_resumes(
     service = ServiceProcess(logs_dir, redis_url, prefix=prefix).start()
     try:
         published = publish_task(publisher, "t-eacces", 3)
-        wait_until(lambda: _drained(client), what="the first events")
+        wait_until(lambda: group_drained(client), what="the first events")
         task_dir = logs_dir / "t-eacces"
         (task_dir / "03-agent-output.jsonl").chmod(0o400)
         task_dir.chmod(0o500)
@@ -247,21 +248,13 @@ def test_permission_denied_waits_and_resumes(
         finally:
             task_dir.chmod(0o755)
             (task_dir / "03-agent-output.jsonl").chmod(0o644)
-        wait_until(lambda: _drained(client), timeout=20, what="the drain after the fix")
+        wait_until(lambda: group_drained(client), timeout=20, what="the drain after the fix")
         wait_until(lambda: service.get("/health")[0] == 200, what="/health to recover")
     finally:
         service.kill()
     counts = ids_on_disk(logs_dir)
     assert sorted(counts) == sorted(published)
     assert set(counts.values()) == {1}
-
-
-def _drained(client: redis.Redis) -> bool:
-    try:
-        info = client.xinfo_groups("task_events")[0]
-    except (redis.ResponseError, IndexError):
-        return False
-    return bool(info["lag"] == 0 and info["pending"] == 0)
 
 
 @pytest.fixture

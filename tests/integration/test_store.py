@@ -13,12 +13,12 @@ import orjson
 import pytest
 import redis
 
-from tasklogger import records
 from tasklogger.config import STATE_DIR_NAME
 from tasklogger.errors import BadEntry
 from tasklogger.projector import project
 from tasklogger.store import Store
 from tasklogger.wire import Event, decode
+from tests.faults import chain
 from tests.support import Publisher, consumer_run, settings_for
 
 AGENT = "03-agent-output.jsonl"
@@ -46,21 +46,6 @@ def apply_all(store: Store, events: list[Event]) -> list[bool]:
         raise
     batch.commit()
     return applied
-
-
-def chain(logs_dir: Path, rel: str) -> list[dict[str, Any]]:
-    """Bodies of one JSONL file after checking every line: complete, seq 1..n, hashes linked from genesis."""
-    data = (logs_dir / rel).read_bytes()
-    assert data.endswith(b"\n"), f"{rel} ends with a partial line"
-    prev = records.genesis(rel)
-    bodies = []
-    for n, line in enumerate(data.splitlines(), start=1):
-        record = records.parse_line(line)
-        assert record.seq == n, f"{rel}:{n} has seq {record.seq}"
-        assert record.hash == records.link(prev, record.canonical), f"{rel}:{n} breaks the chain"
-        prev = record.hash
-        bodies.append(record.body)
-    return bodies
 
 
 def ids(logs_dir: Path, rel: str) -> list[str]:

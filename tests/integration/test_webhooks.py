@@ -13,7 +13,7 @@ import psutil
 import pytest
 import redis
 
-from tests.support import Publisher, ServiceProcess, consumer_run, settings_for, wait_until
+from tests.support import Publisher, ServiceProcess, consumer_run, group_drained, settings_for, wait_until
 
 STREAM = "task_events"
 GROUP = "task-logger"
@@ -34,19 +34,9 @@ def _flow(logs_dir: Path, task_id: str) -> list[dict[str, Any]]:
     return _records(logs_dir / task_id / "02-webhook-flow.jsonl")
 
 
-def _acked(client: redis.Redis) -> bool:
-    """Everything in the stream was delivered to the group and acknowledged."""
-    try:
-        groups = client.xinfo_groups(STREAM)
-    except redis.ResponseError:
-        return False
-    group = next((g for g in groups if g["name"] in (GROUP, GROUP.encode())), None)
-    return group is not None and group["lag"] == 0 and group["pending"] == 0
-
-
 def _assert_nothing_pending(client: redis.Redis) -> None:
     assert client.xpending(STREAM, GROUP)["pending"] == 0
-    assert _acked(client)
+    assert group_drained(client)
 
 
 def _steps(publisher: Publisher, webhook_id: str, source: str = "github") -> list[str]:
@@ -186,7 +176,7 @@ def test_buffered_steps_survive_kill_9_of_the_service(
         for step in ("webhook:received", "webhook:validated", "webhook:matched", "webhook:payload"):
             steps_x.append(publisher.event(step, webhook_event_id="wh-x", data={"source": "github"}))
             steps_y.append(publisher.event(step, webhook_event_id="wh-y", data={"source": "sentry"}))
-        wait_until(lambda: _acked(client), timeout=20, what="the webhook steps to be acknowledged")
+        wait_until(lambda: group_drained(client), timeout=20, what="the webhook steps to be acknowledged")
         service.kill()  # SIGKILL: no chance to flush anything
         assert service.process is not None and service.process.returncode == -9
     finally:
@@ -202,7 +192,7 @@ def test_buffered_steps_survive_kill_9_of_the_service(
     try:
         created_x = publisher.event("webhook:task_created", webhook_event_id="wh-x", data={"task_id": "task-x"})
         created_y = publisher.event("webhook:task_created", webhook_event_id="wh-y", data={"task_id": "task-y"})
-        wait_until(lambda: _acked(client), timeout=20, what="the task_created events to be acknowledged")
+        wait_until(lambda: group_drained(client), timeout=20, what="the task_created events to be acknowledged")
         status, body = restarted.get("/tasks/task-x/logs")
         assert status == 200
         assert [r["id"] for r in body["webhook_flow"]] == [*steps_x, created_x]
@@ -249,7 +239,7 @@ def test_memory_stays_flat_over_50k_skipped_flows(redis_url: str, client: redis.
         assert service.process is not None
         pid = service.process.pid
         _publish_skipped(client, 0, WARM_UP_FLOWS)
-        wait_until(lambda: _acked(client), timeout=30, what="the warm-up flows to drain")
+        wait_until(lambda: group_drained(client), timeout=30, what="the warm-up flows to drain")
         assert service.get("/health")[0] == 200
         baseline = _rss(pid)
 
@@ -259,7 +249,7 @@ def test_memory_stays_flat_over_50k_skipped_flows(redis_url: str, client: redis.
         def drained() -> bool:
             nonlocal peak
             peak = max(peak, _rss(pid))
-            return _acked(client)
+            return group_drained(client)
 
         wait_until(drained, timeout=80, interval=0.2, what="the 50k skipped flows to drain")
         final = _rss(pid)
