@@ -60,6 +60,21 @@ class Settings(BaseModel):
     embedded_redis_port: int = Field(
         default=6379, ge=0, le=65535, description="port of the embedded redis-server (0: any free port)"
     )
+    api_token: str | None = Field(
+        default=None,
+        min_length=16,
+        description="when set, every endpoint but the health probes requires 'Authorization: Bearer <token>'",
+    )
+    index_path: Path | None = Field(
+        default=None, description="the SQLite task index; default: .tasklogger/index.sqlite3 in the logs directory"
+    )
+    index: bool = Field(default=True, description="keep the task index up to date while consuming")
+    checkpoint_interval_s: float = Field(
+        default=60.0, gt=0, description="how often the global checkpoint chain records the heads that moved"
+    )
+    signing_key: Path | None = Field(
+        default=None, description="PEM Ed25519 private key that signs digests and checkpoints (optional)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
 
@@ -68,7 +83,7 @@ class Settings(BaseModel):
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("redis_url", mode="before")
+    @field_validator("redis_url", "api_token", "index_path", "signing_key", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -110,6 +125,11 @@ class Settings(BaseModel):
     def state_dir(self) -> Path:
         """The service's reserved directory inside the logs directory."""
         return self.logs_dir / STATE_DIR_NAME
+
+    @property
+    def index_file(self) -> Path:
+        """Where the SQLite task index lives."""
+        return self.index_path or self.state_dir / "index.sqlite3"
 
 
 #: Reserved directory for the service's own state; task ids may not start with a dot, so none collides.

@@ -36,6 +36,11 @@ def test_defaults() -> None:
         "host": "127.0.0.1",
         "port": 8090,
         "embedded_redis_port": 6379,
+        "api_token": None,
+        "index_path": None,
+        "index": True,
+        "checkpoint_interval_s": 60.0,
+        "signing_key": None,
         "log_level": "INFO",
         "log_format": "console",
     } == s.model_dump()
@@ -238,3 +243,8 @@ def test_group_start_id_valid(start: str) -> None:
 )
 def test_group_start_id_invalid(start: str) -> None:
     assert config_error({"TASKLOGGER_GROUP_START_ID": start}).startswith("invalid setting TASKLOGGER_GROUP_START_ID: ")
+
+
+def test_short_api_token_is_refused() -> None:
+    with pytest.raises(ConfigError, match="TASKLOGGER_API_TOKEN"):
+        Settings.from_env({"TASKLOGGER_API_TOKEN": "short"})
