@@ -328,6 +328,7 @@ class Consumer:
                 result = future.result()  # never leave a commit running behind the loop's back
         else:
             result = batch.commit()
+        result.entries = len(entries)
         # Durable from here on: safe to acknowledge.
         # An XACK lost to a Redis failure is harmless: the entries are redelivered, found on disk, and skipped.
         self.redis.xack(self.settings.stream, self.settings.group, *[eid for eid, _ in entries])

@@ -96,6 +96,11 @@ class CommitResult:
     tasks: set[str] = field(default_factory=set)
     finished_tasks: set[str] = field(default_factory=set)
     by_type: dict[str, int] = field(default_factory=dict)
+    #: Entries in the batch (written, duplicates and dead letters alike).
+    entries: int = 0
+    #: Wall time of ``commit`` and, within it, of waiting for the disk to make the batch durable.
+    commit_seconds: float = 0.0
+    sync_seconds: float = 0.0
 
 
 class _Lru(OrderedDict[Any, Any]):
@@ -529,12 +534,14 @@ class Batch:
     def commit(self) -> CommitResult:
         """Make the whole batch durable; raises DiskError or StorageDamage (after undoing what it can)."""
         store = self.store
+        started = time.perf_counter()
         try:
             try:
                 self._write_json_views()
                 self._append_records()
                 self._write_markers()  # after the records they route are fsynced
                 store._syncer.fsync_all(self._fds_of(self.sync_dirs))
+                self.result.sync_seconds = time.perf_counter() - started
             except BaseException as exc:
                 # Whatever failed (the disk, or a task directory swapped for a symlink since it was cached),
                 # nothing of this batch counts as stored: cut the appends back and forget every cached head.
@@ -560,6 +567,7 @@ class Batch:
                     store._inputs.put(task_id, doc)
             for webhook_id, task_id in self.webhook_tasks.items():
                 store._webhook_tasks.put(webhook_id, task_id)
+            self.result.commit_seconds = time.perf_counter() - started
             return self.result
         finally:
             self._close()
