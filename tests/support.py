@@ -200,7 +200,7 @@ class ConsumerRun:
 @contextmanager
 def consumer_run(settings: Settings, *, name: str | None = None) -> Iterator[ConsumerRun]:
     """Run a consumer thread for the duration of the block."""
-    store = Store(settings.logs_dir, fsync_threads=settings.fsync_threads)
+    store = Store(settings.logs_dir, fsync_threads=settings.fsync_threads, sync_mode=settings.sync_mode)
     store.open()
     client = redis.Redis.from_url(settings.redis_url or "", socket_timeout=5)
     consumer_name = name or settings.consumer_name or store.consumer_name()

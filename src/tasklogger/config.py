@@ -55,6 +55,10 @@ class Settings(BaseModel):
     max_deliveries: int = Field(default=10, ge=1, description="an entry delivered more often is dead-lettered")
     max_entry_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="larger entries are dead-lettered")
     fsync_threads: int = Field(default=8, ge=1, le=64, description="parallel fsyncs within one batch")
+    sync_mode: Literal["auto", "fs", "file"] = Field(
+        default="auto",
+        description="fs: one syncfs per commit step; file: fsync each file; auto: fs on ext4/xfs/btrfs/f2fs/tmpfs",
+    )
     host: str = Field(default="127.0.0.1", description="HTTP bind address")
     port: int = Field(default=8090, ge=0, le=65535, description="HTTP port")
     embedded_redis_port: int = Field(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -61,6 +63,48 @@ def open_dir(name: str, *, dir_fd: int | None = None, create: bool = False) -> t
         except FileExistsError:
             pass
     return os.open(name, DIR_FLAGS, dir_fd=dir_fd), created
+
+
+#: Filesystems whose syncfs(2) writes back every dirty inode and commits the journal, so that one call makes all
+#: of a batch's data, new files, renames and directory entries durable. Elsewhere (FUSE, NFS, ...) syncfs may
+#: return without asking the backing store to persist anything, so each file is fsynced instead.
+SYNCFS_TYPES = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "tmpfs"})
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(fd: int) -> None:
+    """syncfs(2) on the filesystem holding ``fd``; raises OSError with the errno of any writeback failure that
+    happened on that filesystem since the last call through this descriptor (Linux 5.8+ reports them)."""
+    if _libc.syncfs(fd) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem ``path`` is on (``ext4``, ``fuse.x``, ...), from /proc/self/mountinfo."""
+    target = os.path.realpath(path)
+    best, best_type = "", "unknown"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            for line in mounts:
+                left, _, right = line.partition(" - ")
+                mount_point = left.split()[4].replace("\\040", " ")
+                inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+                if inside and len(mount_point) >= len(best):
+                    best, best_type = mount_point, right.split()[0]
+    except (OSError, IndexError):
+        pass
+    return best_type
+
+
+def write_file(dir_fd: int, name: str, flags: int, data: bytes) -> None:
+    """Open ``name`` with ``flags``, write ``data``, close; durability comes from a later syncfs."""
+    fd = os.open(name, flags, 0o644, dir_fd=dir_fd)
+    try:
+        write_all(fd, data)
+    finally:
+        os.close(fd)
 
 
 def write_synced(dir_fd: int, name: str, flags: int, data: bytes) -> None:

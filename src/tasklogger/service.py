@@ -56,7 +56,7 @@ def redis_url(settings: Settings) -> Iterator[str]:
 
 def open_store(settings: Settings) -> Store:
     """Open the logs directory for writing, or raise ConfigError naming it."""
-    store = Store(settings.logs_dir, fsync_threads=settings.fsync_threads)
+    store = Store(settings.logs_dir, fsync_threads=settings.fsync_threads, sync_mode=settings.sync_mode)
     try:
         store.open()
         probe = settings.state_dir / ".write-probe"

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import structlog
@@ -35,13 +35,28 @@ import structlog
 from . import records
 from .config import STATE_DIR_NAME
 from .errors import AlreadyRunning, BadEntry, DiskError, os_failure
-from .fsio import APPEND_FLAGS, CREATE_FLAGS, READ_FLAGS, Syncer, open_dir, read_file, write_all, write_synced
+from .fsio import (
+    APPEND_FLAGS,
+    CREATE_FLAGS,
+    READ_FLAGS,
+    SYNCFS_TYPES,
+    Syncer,
+    filesystem_type,
+    open_dir,
+    read_file,
+    syncfs,
+    write_all,
+    write_file,
+    write_synced,
+)
 from .projector import INPUT, WEBHOOK_FLOW, AdoptWebhook, Append, Op, ReplaceJson, TaskFile, View, WebhookBuffer
 from .wire import Event
 
 log = structlog.get_logger(__name__)
 
 DirKey = tuple[str, ...]
+#: How a batch is made durable: ``fs`` one syncfs per step, ``file`` an fsync per file, ``auto`` by filesystem.
+SyncMode = Literal["auto", "fs", "file"]
 STATE_DIR: DirKey = (STATE_DIR_NAME,)
 WEBHOOKS_DIR = "webhooks"
 QUARANTINE_DIR = "quarantine"
@@ -135,8 +150,13 @@ def webhook_dir(webhook_id: str) -> DirKey:
 class Store:
     """Owns every byte under the logs directory. Not thread-safe: one batch at a time, from one thread."""
 
-    def __init__(self, logs_dir: Path, *, fsync_threads: int = 8, cache_size: int = 4096) -> None:
+    def __init__(
+        self, logs_dir: Path, *, fsync_threads: int = 8, cache_size: int = 4096, sync_mode: SyncMode = "auto"
+    ) -> None:
         self.root = logs_dir
+        self.sync_mode = sync_mode
+        #: One syncfs per durability step instead of an fsync per file and directory (decided in ``open``).
+        self.fs_sync = False
         self._syncer = Syncer(fsync_threads)
         self._files: _Lru = _Lru(cache_size)
         # 01-input.json is read back only between a task's created and context_built events, a few batches
@@ -161,6 +181,9 @@ class Store:
                 os.fsync(self._root_fd)
         except OSError as exc:
             raise DiskError(f"cannot open logs directory {self.root}: {exc.strerror}", exc.errno) from exc
+        fs_type = filesystem_type(self.root)
+        self.fs_sync = self.sync_mode == "fs" or (self.sync_mode == "auto" and fs_type in SYNCFS_TYPES)
+        log.info("logs directory opened", path=str(self.root), filesystem=fs_type, syncfs=self.fs_sync)
 
     def close(self) -> None:
         """Release the directory descriptor, the writer lock and the fsync threads."""
@@ -537,11 +560,14 @@ class Batch:
         started = time.perf_counter()
         try:
             try:
-                self._write_json_views()
-                self._append_records()
-                self._write_markers()  # after the records they route are fsynced
-                store._syncer.fsync_all(self._fds_of(self.sync_dirs))
-                self.result.sync_seconds = time.perf_counter() - started
+                if store.fs_sync:
+                    self._commit_with_syncfs()
+                else:
+                    self._write_json_views()
+                    self._append_records()
+                    self._write_markers()  # after the records they route are fsynced
+                    store._syncer.fsync_all(self._fds_of(self.sync_dirs))
+                    self.result.sync_seconds = time.perf_counter() - started
             except BaseException as exc:
                 # Whatever failed (the disk, or a task directory swapped for a symlink since it was cached),
                 # nothing of this batch counts as stored: cut the appends back and forget every cached head.
@@ -599,21 +625,33 @@ class Batch:
         assert fd is not None
         return fd
 
-    def _write_json_views(self) -> None:
+    def _commit_with_syncfs(self) -> None:
+        """The same three steps, each made durable by one syncfs of the whole filesystem: the views before the
+        records that would make their redelivery a skipped duplicate, the records before the mappings that route
+        later steps past them. New files, renames and directory entries are covered by the same calls."""
+        root = self.store._root_fd
+        sync_seconds = 0.0
+        if self.json:
+            self._write_json_views(synced=False)
+            sync_seconds += _timed(syncfs, root)
+        self._append_records(synced=False)
+        sync_seconds += _timed(syncfs, root)
+        if self.markers:
+            self._write_markers()
+            sync_seconds += _timed(syncfs, root)
+        self.result.sync_seconds = sync_seconds
+
+    def _write_json_views(self, *, synced: bool = True) -> None:
         """Temp file, fsync, rename: a reader or a crash sees the old view or the new one, never a mix."""
         jobs: list[Callable[[], None]] = []
-        renames: list[tuple[int, DirKey, str]] = []
+        write = write_synced if synced else write_file
+        self._create_task_dirs({(task_id,) for task_id, _ in self.json})
         for (task_id, name), doc in self.json.items():
             dir_fd = self._ensure_dir((task_id,))
             content = orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
-            jobs.append(partial(write_synced, dir_fd, f".{name}.tmp", CREATE_FLAGS, content))
-            renames.append((dir_fd, (task_id,), name))
+            jobs.append(partial(_replace_file, write, dir_fd, name, content))
+            self.sync_dirs.add((task_id,))
         self.store._syncer.run_all(jobs)
-        for dir_fd, key, name in renames:
-            # The temp file is fsynced, so the rename publishes complete bytes; the directory fsync that follows
-            # makes the rename itself survive a power loss.
-            os.rename(f".{name}.tmp", name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            self.sync_dirs.add(key)
 
     def _write_markers(self) -> None:
         """Webhook -> task mappings, made only once the records they route are durable: a mapping that outlived a
@@ -621,23 +659,51 @@ class Batch:
 
         Each is a symlink whose text is the task id: one atomic create, no content to fsync, made durable by the
         directory fsync. It is only ever read with readlink, never followed. The first mapping wins."""
+        jobs: list[Callable[[], None]] = []
         for webhook_id, task_id in self.markers.items():
             key = webhook_dir(webhook_id)
-            with contextlib.suppress(FileExistsError):
-                os.symlink(task_id, f"{webhook_id}.task", dir_fd=self._ensure_dir(key))
+            jobs.append(partial(_make_marker, task_id, f"{webhook_id}.task", self._ensure_dir(key)))
             self.sync_dirs.add(key)
+        self.store._syncer.run_all(jobs)
 
-    def _append_records(self) -> None:
+    def _append_records(self, *, synced: bool = True) -> None:
         """One write and one fsync per touched file, all files at once on the pool."""
         jobs: list[Callable[[], None]] = []
+        write = write_synced if synced else write_file
+        self._create_task_dirs({f.dir_key for f in self.files.values() if f.pending and len(f.dir_key) == 1})
         for f in self.files.values():
             if not f.pending:
                 continue
             if not f.exists:
                 self.sync_dirs.add(f.dir_key)  # the new file's directory entry must be durable too
             dir_fd = self._ensure_dir(f.dir_key)
-            jobs.append(partial(write_synced, dir_fd, f.name, APPEND_FLAGS, b"".join(f.pending)))
+            jobs.append(partial(write, dir_fd, f.name, APPEND_FLAGS, b"".join(f.pending)))
         self.store._syncer.run_all(jobs)
+
+    def _create_task_dirs(self, keys: set[DirKey]) -> None:
+        """Create (or open) the task directories this batch has not opened yet, in parallel on the pool: a
+        directory is an inode to allocate, as costly as a file, and a batch starts dozens of tasks."""
+        store = self.store
+        missing = sorted(key for key in keys if key not in self.dir_fds)
+        if len(missing) < 2:
+            return  # _ensure_dir opens it inline
+        opened: dict[DirKey, tuple[int, bool] | OSError] = {}
+
+        def open_one(key: DirKey) -> None:
+            try:
+                opened[key] = open_dir(key[0], dir_fd=store._root_fd, create=key not in store._known_dirs)
+            except OSError as exc:
+                opened[key] = exc  # _ensure_dir retries it inline and raises what it must
+
+        store._syncer.run_all([partial(open_one, key) for key in missing])
+        for key, outcome in opened.items():
+            if isinstance(outcome, OSError):
+                continue
+            fd, created = outcome
+            self.dir_fds[key] = fd
+            store._known_dirs.put(key, True)
+            if created:
+                self.sync_dirs.add(())
 
     def _unlink_adopted(self) -> None:
         dirs: set[DirKey] = set()
@@ -650,7 +716,8 @@ class Batch:
                 dirs.add(key)
             except FileNotFoundError:
                 pass
-        self.store._syncer.fsync_all(self._fds_of(dirs))
+        if not self.store.fs_sync:  # with syncfs, the next batch's sync covers the removals
+            self.store._syncer.fsync_all(self._fds_of(dirs))
 
     def _undo_appends(self) -> None:
         """Best effort: cut every file this batch appended to back to its committed size."""
@@ -670,6 +737,24 @@ class Batch:
                     os.close(fd)
             except OSError:
                 pass  # the next batch's recovery cuts any partial tail and the dedup skips what is complete
+
+
+def _replace_file(write: Callable[[int, str, int, bytes], None], dir_fd: int, name: str, content: bytes) -> None:
+    """Temp file then rename: a reader or a crash sees the old view or the new one, never a mix. With per-file
+    sync, the temp file is fsynced before the rename publishes it; the directory sync makes the rename durable."""
+    write(dir_fd, f".{name}.tmp", CREATE_FLAGS, content)
+    os.rename(f".{name}.tmp", name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def _make_marker(task_id: str, name: str, dir_fd: int) -> None:
+    with contextlib.suppress(FileExistsError):  # the first mapping wins
+        os.symlink(task_id, name, dir_fd=dir_fd)
+
+
+def _timed(fn: Callable[[int], None], arg: int) -> float:
+    started = time.perf_counter()
+    fn(arg)
+    return time.perf_counter() - started
 
 
 def _after_last_newline(fd: int, end: int) -> int:

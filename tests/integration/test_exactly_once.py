@@ -230,9 +230,9 @@ def assert_realistic_task(
 # -- the mapping, end to end ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("batch_size", [1, 4, 1000])
+@pytest.mark.parametrize(("batch_size", "sync_mode"), [(1, "fs"), (4, "file"), (4, "fs"), (1000, "file"), (1000, "fs")])
 def test_every_event_type_lands_in_its_file_once_in_stream_order(
-    redis_url: str, client: redis.Redis, publisher: Publisher, logs_dir: Path, batch_size: int
+    redis_url: str, client: redis.Redis, publisher: Publisher, logs_dir: Path, batch_size: int, sync_mode: str
 ) -> None:
     expect = publish_realistic_task(publisher, "gh-4711", "0d7c1c6e-1f61-4a8e-9d59-3b0f1a2c4e11")
     # A webhook that never becomes a task stays in its (durable) buffer.
@@ -242,7 +242,8 @@ def test_every_event_type_lands_in_its_file_once_in_stream_order(
     created = publisher.event("task:created", task_id="jira-9", data={"source": "jira", "agent_type": "planner"})
     failed = publisher.event("task:failed", task_id="jira-9", data={"error": "boom", "cost_usd": "0.01"})
 
-    with consumer_run(settings_for(redis_url, logs_dir, max_batch_size=batch_size)) as run:
+    with consumer_run(settings_for(redis_url, logs_dir, max_batch_size=batch_size, sync_mode=sync_mode)) as run:
+        assert run.store.fs_sync == (sync_mode == "fs")
         run.wait_drained()
         assert run.consumer.stats.dead_letters == 0
 

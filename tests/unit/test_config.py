@@ -33,6 +33,7 @@ def test_defaults() -> None:
         "max_deliveries": 10,
         "max_entry_bytes": 4 * 1024 * 1024,
         "fsync_threads": 8,
+        "sync_mode": "auto",
         "host": "127.0.0.1",
         "port": 8090,
         "embedded_redis_port": 6379,
