@@ -11,7 +11,7 @@ import redis
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse, Response
 
-from . import __version__
+from . import __version__, web
 from .config import Settings
 from .consumer import Consumer
 from .errors import UnsafeTaskId
@@ -57,6 +57,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         """Queue depth and lag, pending entries, and the consumer's counters (JSON)."""
         return metrics_snapshot(runtime)
 
+    app.include_router(web.router(runtime))
     return app
 
 
