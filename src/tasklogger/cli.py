@@ -77,3 +77,6 @@ def version() -> None:
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+from . import cli_client  # noqa: E402, F401  (registers the client commands on ``app``)
