@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from tasklogger import demo
-from tasklogger.cli_client import merged, paired_results
 from tasklogger.client import parse_sse
 from tasklogger.projector import AGENT_OUTPUT, USER_INPUTS, WEBHOOK_FLOW, target_file
+from tasklogger.terminal import merged, paired_results
 from tasklogger.web import load_assets
 from tasklogger.web.pages import task_view
 from tasklogger.wire import decode
