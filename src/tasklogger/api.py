@@ -1,21 +1,29 @@
-"""The HTTP API (read-only): /health, /tasks/{task_id}/logs and /metrics."""
+"""The HTTP API (read-only): probes, metrics, and the routes of ``api_tasks`` / ``api_events`` (docs/api.md).
+
+``create_app`` assembles it: the token middleware (``auth``) in front of everything, the task routes over the
+index and the files, SSE, dead letters, JSON and Prometheus metrics, then the web page's routes.
+"""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
 import redis
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from . import __version__, web
+from . import __version__, api_events, api_tasks, auth, web
+from .api_models import Health, Liveness, MetricsJson
 from .config import Settings
 from .consumer import Consumer
-from .errors import UnsafeTaskId
-from .reader import TaskDir, TaskNotFound
+from .index import IndexUnavailable, Reader
+from .indexer import Indexer
+from .metrics import Metrics
 
 REDIS_PROBE_TIMEOUT_S = 1.0
 
@@ -28,6 +36,14 @@ class Runtime:
     redis: redis.Redis
     consumer: Consumer | None = None
     started_at: float = field(default_factory=time.monotonic)
+    #: The index updater of this process (None: the index is maintained elsewhere, or disabled).
+    indexer: Indexer | None = None
+    #: Histograms fed by the consumer's on_commit; created by create_app when not given.
+    metrics: Metrics | None = None
+    #: The audit state of a task for its summary: (logs_dir, task_id) -> {sealed, digest, sealed_at} or None.
+    integrity: api_tasks.Integrity | None = None
+    #: Read access to the index (set by create_app).
+    reader: Reader | None = None
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -35,28 +51,54 @@ def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="tasklogger", version=__version__)
     settings = runtime.settings
 
-    @app.get("/health")
+    if runtime.metrics is None:
+        runtime.metrics = Metrics()
+    prometheus = runtime.metrics
+    prometheus.bind(lambda: metrics_snapshot(runtime))
+    if settings.api_token is not None:
+        app.add_middleware(auth.TokenMiddleware, token=settings.api_token)
+
+    @app.get("/health", response_model=Health, responses={503: {"model": Health}})
     def health() -> JSONResponse:
         """200 while the consumer runs and Redis answers; 503 with the reasons otherwise."""
         status, body = health_report(runtime)
         return JSONResponse(body, status_code=status)
 
-    @app.get("/tasks/{task_id}/logs")
-    def task_logs(task_id: str) -> Response:
-        """Every file of one task, under the keys existing readers expect."""
-        try:
-            with TaskDir(settings.logs_dir, task_id) as task:
-                return Response(orjson.dumps(task.compat()), media_type="application/json")
-        except UnsafeTaskId as exc:
-            raise HTTPException(status_code=400, detail=exc.detail) from None
-        except TaskNotFound:
-            raise HTTPException(status_code=404, detail=f"no task {task_id!r}") from None
+    @app.get("/livez", response_model=Liveness)
+    def livez() -> dict[str, str]:
+        """200 whenever the process serves HTTP (no Redis, no disk involved): the liveness probe."""
+        return {"status": "ok"}
 
-    @app.get("/metrics")
-    def metrics() -> dict[str, Any]:
-        """Queue depth and lag, pending entries, and the consumer's counters (JSON)."""
-        return metrics_snapshot(runtime)
+    @app.get(
+        "/metrics",
+        response_model=MetricsJson,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
+    def metrics(request: Request) -> Response:
+        """JSON by default; Prometheus text with ``Accept: text/plain`` or ``application/openmetrics-text``."""
+        accept = request.headers.get("accept", "")
+        if "application/openmetrics-text" in accept:
+            body, media_type = prometheus.exposition(openmetrics=True)
+            return Response(body, media_type=media_type)
+        if "text/plain" in accept and "application/json" not in accept:
+            body, media_type = prometheus.exposition()
+            return Response(body, media_type=media_type)
+        return Response(orjson.dumps(metrics_snapshot(runtime)), media_type="application/json")
 
+    @app.get("/metrics/prometheus", responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+    def metrics_prometheus() -> Response:
+        """Prometheus text exposition format, whatever the Accept header says."""
+        body, media_type = prometheus.exposition()
+        return Response(body, media_type=media_type)
+
+    reader = runtime.reader = Reader(settings.index_file)
+
+    def integrity(logs_dir: Path, task_id: str) -> dict[str, Any] | None:
+        return None if runtime.integrity is None else runtime.integrity(logs_dir, task_id)
+
+    app.include_router(auth.router(settings.api_token))
+    app.include_router(api_tasks.router(settings, reader, integrity))
+    app.include_router(api_events.router(settings))
     app.include_router(web.router(runtime))
     return app
 
@@ -107,6 +149,7 @@ def metrics_snapshot(runtime: Runtime) -> dict[str, Any]:
     except (redis.ConnectionError, redis.TimeoutError):
         out["redis"] = "unreachable"
     consumer = runtime.consumer
+    out["index"] = _index_figures(runtime)
     if consumer is None:
         out["tasks_processed"] = None
         return out
@@ -127,6 +170,22 @@ def metrics_snapshot(runtime: Runtime) -> dict[str, Any]:
         uptime_seconds=round(time.monotonic() - runtime.started_at, 3),
     )
     return out
+
+
+def _index_figures(runtime: Runtime) -> dict[str, Any]:
+    """How far behind the index is: tasks waiting (this process's indexer) and rows in the file."""
+    figures: dict[str, Any] = {"enabled": runtime.settings.index, "tasks": None}
+    if runtime.indexer is not None:
+        pending, lag = runtime.indexer.lag()
+        stats = runtime.indexer.stats
+        ready = runtime.indexer.ready.is_set()
+        figures.update(pending_tasks=pending, lag_seconds=lag, errors=stats.errors, ready=ready)
+    if runtime.reader is not None:
+        try:
+            figures["tasks"] = runtime.reader.lag()[0]
+        except (IndexUnavailable, OSError, sqlite3.Error):
+            pass
+    return figures
 
 
 def _ping(client: redis.Redis) -> bool:

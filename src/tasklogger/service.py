@@ -10,7 +10,7 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 import redis
@@ -20,7 +20,9 @@ from .config import Settings
 from .consumer import Consumer
 from .embedded import EmbeddedRedis
 from .errors import ConfigError, DiskError
-from .store import Store
+from .indexer import Indexer
+from .metrics import Metrics
+from .store import CommitResult, Store
 
 log = structlog.get_logger(__name__)
 
@@ -77,8 +79,10 @@ def run(settings: Settings, *, consume: bool = True, serve_api: bool = True) -> 
         consumer = None
         stop = threading.Event()
         thread = None
+        indexer, metrics, on_commit = _commit_hooks(settings, consume=store is not None, serve_api=serve_api)
         if store is not None:
-            consumer = Consumer(settings, client, store, settings.consumer_name or store.consumer_name())
+            name = settings.consumer_name or store.consumer_name()
+            consumer = Consumer(settings, client, store, name, on_commit=on_commit)
             thread = threading.Thread(target=consumer.run, args=(stop,), name="consumer", daemon=True)
             thread.start()
             log.info(
@@ -97,7 +101,9 @@ def run(settings: Settings, *, consume: bool = True, serve_api: bool = True) -> 
                 from .api import Runtime, create_app
 
                 # The API's own client answers probes quickly even when Redis hangs (SIGSTOP, overload).
-                app = create_app(Runtime(settings, redis_client(url, settings, timeout_s=1.0), consumer))
+                runtime = Runtime(settings, redis_client(url, settings, timeout_s=1.0), consumer)
+                runtime.indexer, runtime.metrics = indexer, metrics
+                app = create_app(runtime)
                 config = uvicorn.Config(
                     app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                     timeout_graceful_shutdown=2, access_log=False,
@@ -116,7 +122,33 @@ def run(settings: Settings, *, consume: bool = True, serve_api: bool = True) -> 
                     log.error("consumer did not stop in time; its unacknowledged entries will be redelivered")
             if store is not None:
                 store.close()
+            if indexer is not None:
+                indexer.stop()
             client.close()
+
+
+def _commit_hooks(
+    settings: Settings, *, consume: bool, serve_api: bool
+) -> tuple[Indexer | None, Metrics | None, Callable[[CommitResult], None] | None]:
+    """The task indexer and the Prometheus histograms, and the on_commit hook that feeds both.
+
+    The API-only process keeps the index up to date by scanning (a consumer elsewhere writes the files).
+    """
+    indexer = None
+    if settings.index and (consume or serve_api):
+        indexer = Indexer(settings.logs_dir, settings.index_file, rescan_interval_s=None if consume else 10.0)
+        indexer.start()
+    metrics = Metrics() if serve_api else None
+    if not consume or (indexer is None and metrics is None):
+        return indexer, metrics, None
+
+    def on_commit(result: CommitResult) -> None:
+        if metrics is not None:
+            metrics.observe(result)
+        if indexer is not None:
+            indexer.submit(result)
+
+    return indexer, metrics, on_commit
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
