@@ -17,6 +17,7 @@
   const callsById = new Map(); // _tool_use_id -> call slot
   const openCalls = new Map(); // tool name -> call slots still waiting for a result (FIFO)
   let finalShown = false;
+  let lastId = null; // highest stream id drawn
 
   // -- small renderers ----------------------------------------------------------------------------------------
 
@@ -188,6 +189,7 @@
   function add(file, record) {
     if (!record || record.id == null || seen.has(record.id)) return;
     seen.add(record.id);
+    if (lastId === null || compareIds(record.id, lastId) > 0) lastId = String(record.id);
     const lane = laneOf(file, record.type);
     const item = { id: record.id, lane, record, node: null };
     // Records arrive in stream order; a late one (claimed from a dead consumer) is inserted where it belongs.
@@ -363,9 +365,13 @@
   }
 
   function connect() {
-    const wait = root.dataset.status === "unknown" ? "?wait=1" : "";
+    const params = new URLSearchParams();
+    if (root.dataset.status === "unknown") params.set("wait", "1");
+    // A new connection (not the browser's own reconnect, which sends Last-Event-ID) resumes after what we have.
+    if (lastId !== null) params.set("after", lastId);
+    const query = params.toString();
     let opened = false;
-    source = new EventSource(base + "/events" + wait);
+    source = new EventSource(base + "/events" + (query ? "?" + query : ""));
     source.addEventListener("open", () => {
       opened = true;
       live = true;
@@ -389,8 +395,12 @@
       if (source.readyState === EventSource.CLOSED) {
         live = false;
         // Never opened (no SSE endpoint, or refused): fall back to polling the logs.
-        if (!opened) poll();
-        else setLive("disconnected", "error");
+        if (!opened) {
+          poll();
+        } else {
+          setLive("reconnecting…", "warn");
+          setTimeout(connect, 2000);
+        }
       } else {
         // The browser reconnects by itself, sending Last-Event-ID: the stream resumes after the last record.
         setLive("reconnecting…", "warn");
