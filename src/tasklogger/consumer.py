@@ -82,6 +82,8 @@ class Consumer:
         #: The next batch, read and decoded while the previous one was being committed.
         self._prefetched: list[RawEntry] = []
         self._decoded: dict[str, Event | BadEntry] = {}
+        #: The read-ahead entries, already applied to a batch while the previous batch was being committed.
+        self._prebuilt: tuple[list[RawEntry], Batch, dict[str, int]] | None = None
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
         #: Last error of entries that failed processing (bounded), named in their dead letter.
         self._failures: dict[str, str] = {}
@@ -106,6 +108,7 @@ class Consumer:
                         self._process(entries, deliveries)
                     if resume_pending:
                         # Everything delivered and not acknowledged, prefetched entries too, is re-read from 0.
+                        self._drop_prebuilt()
                         self._prefetched, self._decoded = [], {}
                         self._ensure_group()
                         self._drain_own_pending(stop)
@@ -137,6 +140,7 @@ class Consumer:
                 delay = min(delay * 2, BACKOFF_CAP_S)
             self._finish_prefetched()
         finally:
+            self._drop_prebuilt()
             self._committer.shutdown(wait=True)
             self.stats.running = False
             self.stats.state = "stopped"
@@ -295,6 +299,38 @@ class Consumer:
         return decoded
 
     def _commit(self, entries: list[RawEntry], deliveries: dict[str, int], *, prefetch: bool = False) -> None:
+        batch, reasons = self._take_prebuilt(entries) or self._build(entries, deliveries)
+        if prefetch and not self._prefetched:
+            # The commit waits on the disk (on the pool's threads); meanwhile this thread reads and decodes the
+            # next batch and builds it on top of this one's heads (it is only written once this one is durable).
+            batch.seal()
+            future = self._committer.submit(batch.write)
+            ok = False
+            try:
+                self._prefetch()
+                self._prebuild()
+            finally:
+                try:
+                    result = future.result()  # never leave a commit running behind the loop's back
+                    ok = True
+                finally:
+                    batch.finish(ok=ok)
+                    if not ok:
+                        self._drop_prebuilt()  # built on heads that are not on disk: rebuilt from its entries
+        else:
+            result = batch.commit()
+        result.entries = len(entries)
+        # Durable from here on: safe to acknowledge.
+        # An XACK lost to a Redis failure is harmless: the entries are redelivered, found on disk, and skipped.
+        self.redis.xack(self.settings.stream, self.settings.group, *[eid for eid, _ in entries])
+        for eid, _ in entries:
+            self._failures.pop(_text(eid), None)
+        self._count(result, len(entries), reasons)
+        if self.on_commit is not None:
+            self.on_commit(result)
+
+    def _build(self, entries: list[RawEntry], deliveries: dict[str, int]) -> tuple[Batch, dict[str, int]]:
+        """Decode, project and apply ``entries`` to a new batch (dead letters included); nothing is written yet."""
         batch = self.store.begin()
         reasons: dict[str, int] = {}
         try:
@@ -318,25 +354,35 @@ class Consumer:
         except BaseException:
             batch.abort()
             raise
-        if prefetch and not self._prefetched:
-            # The commit waits on the disk (on the pool's threads); meanwhile this thread reads and decodes the
-            # next batch, which touches no file. The store is used by one thread at a time all the same.
-            future = self._committer.submit(batch.commit)
-            try:
-                self._prefetch()
-            finally:
-                result = future.result()  # never leave a commit running behind the loop's back
-        else:
-            result = batch.commit()
-        result.entries = len(entries)
-        # Durable from here on: safe to acknowledge.
-        # An XACK lost to a Redis failure is harmless: the entries are redelivered, found on disk, and skipped.
-        self.redis.xack(self.settings.stream, self.settings.group, *[eid for eid, _ in entries])
-        for eid, _ in entries:
-            self._failures.pop(_text(eid), None)
-        self._count(result, len(entries), reasons)
-        if self.on_commit is not None:
-            self.on_commit(result)
+        return batch, reasons
+
+    def _prebuild(self) -> None:
+        """Build the read-ahead batch now; any failure leaves it to be built (and handled) in its own turn."""
+        if not self._prefetched:
+            return
+        entries = self._prefetched
+        try:
+            batch, reasons = self._build(entries, {})
+        except Exception as exc:
+            log.debug("building ahead failed; the batch is built again in its turn", error=repr(exc))
+            return
+        self._prebuilt = (entries, batch, reasons)
+
+    def _take_prebuilt(self, entries: list[RawEntry]) -> tuple[Batch, dict[str, int]] | None:
+        """The batch built ahead for exactly these entries, if any; a batch built ahead for others is dropped."""
+        if self._prebuilt is None:
+            return None
+        if self._prebuilt[0] is entries:
+            _, batch, reasons = self._prebuilt
+            self._prebuilt = None
+            return batch, reasons
+        self._drop_prebuilt()
+        return None
+
+    def _drop_prebuilt(self) -> None:
+        if self._prebuilt is not None:
+            self._prebuilt[1].abort()
+            self._prebuilt = None
 
     def _dead_letter_body(
         self, entry_id: str, fields: dict[bytes, bytes] | None, exc: BadEntry, deliveries: int

@@ -74,6 +74,7 @@ def run(settings: Settings, *, consume: bool = True, serve_api: bool = True) -> 
     store = open_store(settings) if consume else None
     if store is not None:
         store.lock()
+        log.info("writing logs", path=str(settings.logs_dir), filesystem=store.filesystem, syncfs=store.fs_sync)
     with redis_url(settings) as url:
         client = redis_client(url, settings)
         consumer = None

@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import socket
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -91,6 +92,10 @@ class JsonlFile:
     pending_bodies: list[dict[str, Any]] = field(default_factory=list)
     #: Every id in the file, loaded only when an id at or below the head must be checked (rare).
     ids: set[str] | None = None
+    #: Bodies of the sealed batch that is being committed while the next one is built (not on disk yet).
+    inflight_bodies: list[dict[str, Any]] = field(default_factory=list)
+    #: Moved into its task by a batch being built: the committing batch must not cache it again.
+    adopted: bool = False
 
     def __post_init__(self) -> None:
         self.head = replace(self.committed)
@@ -119,23 +124,36 @@ class CommitResult:
 
 
 class _Lru(OrderedDict[Any, Any]):
-    """A dict that forgets its least recently used entries beyond ``limit``: memory stays flat over 1M tasks."""
+    """A dict that forgets its least recently used entries beyond ``limit``: memory stays flat over 1M tasks.
+
+    Locked, because a committing batch (on the commit thread) and the next batch being built share them."""
 
     def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit = limit
+        self.lock = threading.Lock()
 
     def get_fresh(self, key: Any) -> Any:
-        value = self.get(key, _MISSING)
-        if value is not _MISSING:
-            self.move_to_end(key)
-        return value
+        with self.lock:
+            value = self.get(key, _MISSING)
+            if value is not _MISSING:
+                self.move_to_end(key)
+            return value
 
     def put(self, key: Any, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.limit:
-            self.popitem(last=False)
+        with self.lock:
+            self[key] = value
+            self.move_to_end(key)
+            while len(self) > self.limit:
+                self.popitem(last=False)
+
+    def discard(self, key: Any) -> None:
+        with self.lock:
+            self.pop(key, None)
+
+    def forget_all(self) -> None:
+        with self.lock:
+            self.clear()
 
 
 _MISSING = object()
@@ -157,6 +175,7 @@ class Store:
         self.sync_mode = sync_mode
         #: One syncfs per durability step instead of an fsync per file and directory (decided in ``open``).
         self.fs_sync = False
+        self.filesystem = "unknown"
         self._syncer = Syncer(fsync_threads)
         self._files: _Lru = _Lru(cache_size)
         # 01-input.json is read back only between a task's created and context_built events, a few batches
@@ -166,7 +185,10 @@ class Store:
         self._known_dirs: _Lru = _Lru(cache_size)
         self._root_fd = -1
         self._lock_fd = -1
+        #: The batch being built (at most one); a sealed batch may still be committing meanwhile.
         self._batch: Batch | None = None
+        #: Files of the sealed batch being committed: never recovered from disk (half written) until it is done.
+        self._inflight: dict[tuple[DirKey, str], JsonlFile] = {}
 
     # -- life cycle ---------------------------------------------------------------------------------------
 
@@ -181,9 +203,8 @@ class Store:
                 os.fsync(self._root_fd)
         except OSError as exc:
             raise DiskError(f"cannot open logs directory {self.root}: {exc.strerror}", exc.errno) from exc
-        fs_type = filesystem_type(self.root)
-        self.fs_sync = self.sync_mode == "fs" or (self.sync_mode == "auto" and fs_type in SYNCFS_TYPES)
-        log.info("logs directory opened", path=str(self.root), filesystem=fs_type, syncfs=self.fs_sync)
+        self.filesystem = filesystem_type(self.root)
+        self.fs_sync = self.sync_mode == "fs" or (self.sync_mode == "auto" and self.filesystem in SYNCFS_TYPES)
 
     def close(self) -> None:
         """Release the directory descriptor, the writer lock and the fsync threads."""
@@ -239,10 +260,10 @@ class Store:
 
     def forget(self) -> None:
         """Drop every cached head: the next batch recovers them from disk (after a failed commit)."""
-        self._files.clear()
-        self._inputs.clear()
-        self._webhook_tasks.clear()
-        self._known_dirs.clear()
+        self._files.forget_all()
+        self._inputs.forget_all()
+        self._webhook_tasks.forget_all()
+        self._known_dirs.forget_all()
 
     # -- batches ------------------------------------------------------------------------------------------
 
@@ -270,7 +291,7 @@ class Store:
             except FileNotFoundError:
                 if not create:
                     return None
-                self._known_dirs.pop(sub, None)  # removed behind our back: create it again
+                self._known_dirs.discard(sub)  # removed behind our back: create it again
                 fd, created = open_dir(sub[-1], dir_fd=parent, create=True)
             except OSError as exc:
                 if exc.errno in (errno.ENOTDIR, errno.ELOOP):  # a file or a symlink where a directory belongs
@@ -285,7 +306,7 @@ class Store:
 
     def _jsonl(self, batch: Batch, key: DirKey, name: str) -> JsonlFile:
         cache_key = (key, name)
-        cached = batch.files.get(cache_key) or self._files.get_fresh(cache_key)
+        cached = batch.files.get(cache_key) or self._inflight.get(cache_key) or self._files.get_fresh(cache_key)
         if cached is _MISSING or cached is None:
             cached = self._recover(batch, key, name)
             self._files.put(cache_key, cached)
@@ -363,6 +384,7 @@ class Store:
                 finally:
                     os.close(fd)
                 ids.update(m.decode() for m in _ID_RE.findall(content))
+            ids.update(body["id"] for body in f.inflight_bodies)
             ids.update(body["id"] for body in f.pending_bodies)
             f.ids = ids
         return f.ids
@@ -417,6 +439,8 @@ class Batch:
         self.markers: dict[str, str] = {}
         self.unlinks: list[tuple[DirKey, str]] = []
         self.result = CommitResult()
+        #: (file, bytes to append, head after them), fixed by ``seal``.
+        self.sealed: list[tuple[JsonlFile, bytes, Head]] = []
 
     # -- building ---------------------------------------------------------------------------------------------
 
@@ -519,7 +543,7 @@ class Batch:
             self.webhook_tasks[op.webhook_id] = op.task_id
             self.markers[op.webhook_id] = op.task_id
         buffer = store._jsonl(self, webhook_dir(op.webhook_id), f"{op.webhook_id}.jsonl")
-        if not buffer.exists and not buffer.pending:
+        if not buffer.exists and not buffer.pending and not buffer.inflight_bodies:
             return
         target = store._jsonl(self, (op.task_id,), WEBHOOK_FLOW)
         for body in self._buffered_bodies(buffer):
@@ -527,9 +551,10 @@ class Batch:
         buffer.pending.clear()
         buffer.pending_bodies.clear()
         self.files.pop((buffer.dir_key, buffer.name), None)
-        if buffer.exists:
+        if buffer.exists or buffer.inflight_bodies:
             self.unlinks.append((buffer.dir_key, buffer.name))
-        store._files.pop((buffer.dir_key, buffer.name), None)
+        store._files.discard((buffer.dir_key, buffer.name))
+        buffer.adopted = True
         self.result.tasks.add(op.task_id)
 
     def _buffered_bodies(self, buffer: JsonlFile) -> Iterator[dict[str, Any]]:
@@ -550,12 +575,41 @@ class Batch:
                 del body["seq"]
                 body.pop("max_id", None)  # belongs to the buffer file, not to the event
                 yield body
+        yield from list(buffer.inflight_bodies)
         yield from list(buffer.pending_bodies)
 
     # -- committing -------------------------------------------------------------------------------------------
 
     def commit(self) -> CommitResult:
         """Make the whole batch durable; raises DiskError or StorageDamage (after undoing what it can)."""
+        self.seal()
+        try:
+            result = self.write()
+        except BaseException:
+            self.finish(ok=False)
+            raise
+        self.finish(ok=True)
+        return result
+
+    # The pipelined form of commit: ``seal`` and ``finish`` on the thread that builds batches, ``write`` on another,
+    # so the next batch is built (on top of this one's heads) while this one waits for the disk.
+
+    def seal(self) -> None:
+        """Freeze what this batch writes and let the next batch begin; its in-memory state is visible to it."""
+        store = self.store
+        self.sealed = [(f, b"".join(f.pending), replace(f.head)) for f in self.files.values() if f.pending]
+        for f, _data, _head in self.sealed:
+            f.inflight_bodies, f.pending_bodies, f.pending = f.pending_bodies, [], []
+            store._inflight[(f.dir_key, f.name)] = f
+        for (task_id, name), doc in self.json.items():
+            if name == INPUT:
+                store._inputs.put(task_id, doc)
+        for webhook_id, task_id in self.webhook_tasks.items():
+            store._webhook_tasks.put(webhook_id, task_id)
+        store._batch = None
+
+    def write(self) -> CommitResult:
+        """Write the sealed batch and make it durable (any thread; touches no state the next batch builds on)."""
         store = self.store
         started = time.perf_counter()
         try:
@@ -570,10 +624,8 @@ class Batch:
                     self.result.sync_seconds = time.perf_counter() - started
             except BaseException as exc:
                 # Whatever failed (the disk, or a task directory swapped for a symlink since it was cached),
-                # nothing of this batch counts as stored: cut the appends back and forget every cached head.
+                # nothing of this batch counts as stored: cut the appends back (finish forgets every cached head).
                 self._undo_appends()
-                self._reset_files()
-                store.forget()
                 if isinstance(exc, OSError):
                     raise os_failure(exc, "writing the logs directory failed") from exc
                 raise
@@ -582,27 +634,37 @@ class Batch:
                 self._unlink_adopted()
             except OSError as exc:
                 log.warning("could not remove adopted webhook buffers", error=str(exc))
-            for f in self.files.values():
-                f.committed = replace(f.head)
-                f.exists = True
-                f.pending.clear()
-                f.pending_bodies.clear()
-                store._files.put((f.dir_key, f.name), f)
-            for (task_id, name), doc in self.json.items():
-                if name == INPUT:
-                    store._inputs.put(task_id, doc)
-            for webhook_id, task_id in self.webhook_tasks.items():
-                store._webhook_tasks.put(webhook_id, task_id)
             self.result.commit_seconds = time.perf_counter() - started
             return self.result
         finally:
             self._close()
+
+    def finish(self, *, ok: bool) -> None:
+        """After ``write``, on the building thread: advance the committed heads, or forget everything on failure
+        (a batch built on top of this one must then be aborted too)."""
+        store = self.store
+        store._inflight.clear()
+        if not ok:
+            for f, _data, _head in self.sealed:
+                f.inflight_bodies = []
+            self._reset_files()
+            store.forget()
+            return
+        for f, _data, head in self.sealed:
+            f.committed = head
+            f.exists = True
+            f.inflight_bodies = []
+            if not f.pending:
+                f.head = replace(head)  # a batch built on top of this one was aborted (it reset to the old head)
+            if not f.adopted:
+                store._files.put((f.dir_key, f.name), f)
 
     def abort(self) -> None:
         """Forget the batch (after an error while building it): nothing was written."""
         self._reset_files()
         self.store.forget()
         self._close()
+        self.store._batch = None
 
     def _reset_files(self) -> None:
         for f in self.files.values():
@@ -615,7 +677,6 @@ class Batch:
         for fd in self.dir_fds.values():
             os.close(fd)
         self.dir_fds.clear()
-        self.store._batch = None
 
     def _fds_of(self, keys: set[DirKey]) -> list[int]:
         return [self.store._root_fd if not key else self._ensure_dir(key) for key in keys]
@@ -670,14 +731,12 @@ class Batch:
         """One write and one fsync per touched file, all files at once on the pool."""
         jobs: list[Callable[[], None]] = []
         write = write_synced if synced else write_file
-        self._create_task_dirs({f.dir_key for f in self.files.values() if f.pending and len(f.dir_key) == 1})
-        for f in self.files.values():
-            if not f.pending:
-                continue
+        self._create_task_dirs({f.dir_key for f, _data, _head in self.sealed if len(f.dir_key) == 1})
+        for f, data, _head in self.sealed:
             if not f.exists:
                 self.sync_dirs.add(f.dir_key)  # the new file's directory entry must be durable too
             dir_fd = self._ensure_dir(f.dir_key)
-            jobs.append(partial(write, dir_fd, f.name, APPEND_FLAGS, b"".join(f.pending)))
+            jobs.append(partial(write, dir_fd, f.name, APPEND_FLAGS, data))
         self.store._syncer.run_all(jobs)
 
     def _create_task_dirs(self, keys: set[DirKey]) -> None:
@@ -721,7 +780,7 @@ class Batch:
 
     def _undo_appends(self) -> None:
         """Best effort: cut every file this batch appended to back to its committed size."""
-        for f in self.files.values():
+        for f, _data, _head in self.sealed:
             dir_fd = self.dir_fds.get(f.dir_key)
             if dir_fd is None:
                 continue

@@ -3,8 +3,10 @@ instance, exactly once across instances and out of order, and no write ever thro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 import redis
 
 from tasklogger.config import STATE_DIR_NAME
-from tasklogger.errors import BadEntry
+from tasklogger.errors import BadEntry, DiskError
 from tasklogger.projector import project
 from tasklogger.store import Store
 from tasklogger.wire import Event, decode
@@ -317,3 +319,122 @@ def test_symlinked_task_directory_is_dead_lettered_by_the_consumer(
     assert ids(logs_dir, f"t-good/{AGENT}") == good
     assert list(outside.iterdir()) == []
     assert int(client.xpending("task_events", "task-logger")["pending"]) == 0
+
+
+# -- pipelined commits: the next batch is built while the previous one is written ------------------------------------
+
+
+def build(store: Store, events: list[Event]) -> Any:
+    batch = store.begin()
+    for e in events:
+        batch.apply(e, project(e, batch.view(e)))
+    return batch
+
+
+def test_batch_built_on_a_committing_batch_continues_its_chains(store: Store, logs_dir: Path) -> None:
+    first = build(
+        store,
+        [
+            event("1-0", "task:created", task_id="t1", source="github"),
+            event("2-0", "task:output", task_id="t1", text="a"),
+        ],
+    )
+    first.seal()
+    # Built before the first batch is on disk: its records chain on the first batch's heads.
+    second = build(
+        store,
+        [event("3-0", "task:output", task_id="t1", text="b"), event("4-0", "task:output", task_id="t2", text="c")],
+    )
+    assert not (logs_dir / "t1" / AGENT).exists()
+    first.write()
+    first.finish(ok=True)
+    assert ids(logs_dir, f"t1/{AGENT}") == ["1-0", "2-0"]
+    second.commit()
+    assert ids(logs_dir, f"t1/{AGENT}") == ["1-0", "2-0", "3-0"]
+    assert ids(logs_dir, f"t2/{AGENT}") == ["4-0"]
+    assert ids(reopen(store).root, f"t1/{AGENT}") == ["1-0", "2-0", "3-0"]
+
+
+def test_next_batch_aborted_while_the_previous_commits_keeps_the_committed_heads(store: Store, logs_dir: Path) -> None:
+    first = build(
+        store,
+        [
+            event("1-0", "task:created", task_id="t1", source="github"),
+            event("2-0", "task:output", task_id="t1", text="a"),
+        ],
+    )
+    first.seal()
+    second = build(store, [event("3-0", "task:output", task_id="t1", text="b")])
+    second.abort()  # e.g. reading a file failed while building ahead
+    first.write()
+    first.finish(ok=True)
+    # The aborted batch's entries come again (they were never acknowledged): they chain on the committed head.
+    apply_all(
+        store,
+        [event("3-0", "task:output", task_id="t1", text="b"), event("5-0", "task:output", task_id="t1", text="d")],
+    )
+    assert ids(logs_dir, f"t1/{AGENT}") == ["1-0", "2-0", "3-0", "5-0"]
+    assert [r["seq"] for r in chain(logs_dir, f"t1/{AGENT}")] == [1, 2, 3, 4]
+
+
+def test_buffered_webhook_steps_of_a_committing_batch_are_adopted_by_the_next(store: Store, logs_dir: Path) -> None:
+    first = build(store, [event("1-0", "webhook:received", webhook="w-1", source="github")])
+    first.seal()
+    second = build(
+        store,
+        [
+            event("2-0", "webhook:task_created", webhook="w-1", task_id="t1"),
+            event("3-0", "webhook:matched", webhook="w-1"),
+        ],
+    )
+    first.write()
+    first.finish(ok=True)
+    second.commit()
+    assert ids(logs_dir, f"t1/{FLOW}") == ["1-0", "2-0", "3-0"]
+    assert not list((logs_dir / STATE_DIR_NAME / "webhooks").rglob("w-1.jsonl")), "the buffer was moved, not copied"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs that really fills up."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_failed_commit_under_a_batch_built_on_it_loses_and_repeats_nothing(small_disk: Path) -> None:
+    logs_dir = small_disk / "logs"
+    store = Store(logs_dir, fsync_threads=4)
+    store.open()
+    try:
+        apply_all(store, [event("1-0", "task:created", task_id="t1", source="github")])
+        filler = small_disk / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+        with contextlib.suppress(OSError):  # leave less room than the next batch needs
+            while True:
+                os.write(fd, b"\0" * 4096)
+        os.close(fd)
+        big = "x" * 200_000
+        first = build(store, [event("2-0", "task:output", task_id="t1", text=big)])
+        first.seal()
+        second = build(store, [event("3-0", "task:output", task_id="t1", text="after")])
+        with pytest.raises(DiskError) as failure:
+            first.write()
+        assert failure.value.kind == "disk_full"
+        first.finish(ok=False)
+        second.abort()  # built on heads that never reached the disk
+        assert ids(logs_dir, f"t1/{AGENT}") == ["1-0"]
+
+        filler.unlink()  # space again: both batches come again from the stream, in order
+        apply_all(store, [event("2-0", "task:output", task_id="t1", text=big)])
+        apply_all(store, [event("3-0", "task:output", task_id="t1", text="after")])
+        assert ids(logs_dir, f"t1/{AGENT}") == ["1-0", "2-0", "3-0"]
+        assert [r["seq"] for r in chain(logs_dir, f"t1/{AGENT}")] == [1, 2, 3]
+    finally:
+        store.close()
