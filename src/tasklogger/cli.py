@@ -69,6 +69,22 @@ def api(logs_dir: LogsDirOpt = None, redis_url: RedisUrlOpt = None, host: HostOp
 
 
 @app.command()
+def reindex(
+    logs_dir: LogsDirOpt = None,
+    index_path: Annotated[
+        Path | None, typer.Option("--index-path", help="index file [env TASKLOGGER_INDEX_PATH]")
+    ] = None,
+) -> None:
+    """Rebuild the task index from the task directories (safe while the service runs: it switches over)."""
+    from .indexer import reindex_command
+
+    try:
+        reindex_command(_settings(logs_dir=logs_dir, index_path=index_path))
+    except TaskLoggerError as exc:
+        _fail(exc)
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)

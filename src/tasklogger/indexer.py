@@ -20,7 +20,8 @@ from pathlib import Path
 import structlog
 
 from . import index
-from .errors import UnsafeTaskId
+from .config import Settings
+from .errors import ConfigError, UnsafeTaskId
 from .store import CommitResult
 from .wire import check_name
 
@@ -240,3 +241,26 @@ def rebuild(logs_dir: Path, path: Path, progress: Callable[[int, int], None] | N
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     os.replace(temp, path)
     return len(names), records
+
+
+def reindex_command(settings: Settings) -> None:
+    """``tasklogger reindex``: rebuild with a progress bar; ConfigError (one line, exit 2) on a bad logs dir."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    logs_dir = settings.logs_dir
+    if not logs_dir.is_dir():
+        raise ConfigError(f"logs directory {logs_dir} does not exist or is not a directory")
+    started = time.monotonic()
+    columns = (TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True) as bar:
+        job = bar.add_task("indexing", total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(job, completed=done, total=total)
+
+        try:
+            tasks, records = rebuild(logs_dir, settings.index_file, advance)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"cannot write the index {settings.index_file}: {exc}") from None
+    took = time.monotonic() - started
+    print(f"indexed {tasks} tasks, {records} records in {took:.1f}s into {settings.index_file}")
