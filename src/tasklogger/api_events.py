@@ -34,6 +34,17 @@ PING_S = 15.0
 #: What EventSource waits before reconnecting (ms).
 RETRY_MS = 1000
 
+#: One event of the stream, as the OpenAPI schema describes it (``data`` is JSON text).
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["record", "end"]},
+        "id": {"type": "string", "description": "stream entry id of the record (absent on end)"},
+        "data": {"type": "string", "description": 'record: {"file": ..., "record": {...}}; end: the final result'},
+    },
+    "required": ["event", "data"],
+}
+
 
 def router(settings: Settings) -> APIRouter:
     """The SSE route over ``settings.logs_dir``."""
@@ -44,7 +55,7 @@ def router(settings: Settings) -> APIRouter:
         responses={
             **TASK_ERRORS,
             200: {
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
                 "description": "id: <stream id> / event: record / data: {file, record}; finally event: end",
             },
         },

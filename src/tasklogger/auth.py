@@ -16,6 +16,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .api_models import Problem
+
 COOKIE = "tasklogger_token"
 #: Largest login form accepted (a token is at most a few hundred bytes).
 MAX_FORM_BYTES = 8192
@@ -70,7 +72,13 @@ def router(token: str | None) -> APIRouter:
     @api.post(
         "/login",
         status_code=303,
-        responses={303: {"description": "token accepted, cookie set"}, 401: {"description": "wrong token"}},
+        response_class=RedirectResponse,
+        responses={
+            303: {"description": "token accepted, cookie set; Location: next"},
+            400: {"model": Problem, "description": "form is not valid"},
+            401: {"model": Problem, "description": "wrong token"},
+            413: {"model": Problem, "description": "form too large"},
+        },
     )
     async def login(request: Request) -> Response:
         """Check the form field ``token``; on success set the HttpOnly cookie and go to ``next`` (a local path)."""
@@ -94,7 +102,12 @@ def router(token: str | None) -> APIRouter:
         response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=secure, path="/")
         return response
 
-    @api.post("/logout", status_code=303, responses={303: {"description": "cookie cleared"}})
+    @api.post(
+        "/logout",
+        status_code=303,
+        response_class=RedirectResponse,
+        responses={303: {"description": "cookie cleared; Location: /login"}},
+    )
     def logout() -> Response:
         """Clear the cookie and go to the login form."""
         response = RedirectResponse("/login", status_code=303)
