@@ -104,15 +104,9 @@ def tasks_command(
     if json:
         print_json(page)
         return
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for name, justify in (("status", "left"), ("task", "left"), ("source", "left"), ("agent", "left"),
-                          ("created (UTC)", "left"), ("duration", "right"), ("cost", "right"),
-                          ("tokens in/out", "right"), ("prompt", "left")):  # fmt: skip
-        table.add_column(name, justify=justify, no_wrap=name != "prompt", overflow="ellipsis")  # type: ignore[arg-type]
-    for task in page["tasks"]:
-        status_text = str(task.get("status") or "?")
-        table.add_row(
-            Text(status_text, STATUS_STYLE.get(status_text, "")),
+    rows = [
+        [
+            Text(str(task.get("status") or "?"), STATUS_STYLE.get(str(task.get("status")), "")),
             Text(str(task.get("task_id"))),
             Text(str(task.get("source") or "—")),
             Text(str(task.get("agent_type") or "—")),
@@ -121,7 +115,18 @@ def tasks_command(
             Text(usd(task.get("cost_usd"))),
             Text(f"{count(task.get('input_tokens'))} / {count(task.get('output_tokens'))}"),
             Text(one_line(task.get("message") or "", 60), "dim"),
-        )
+        ]
+        for task in page["tasks"]
+    ]
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    names = ("status", "task", "source", "agent", "created (UTC)", "duration", "cost", "tokens in/out", "prompt")
+    for n, name in enumerate(names):
+        # Every column keeps its full width (ids are never cut); only the prompt gives way on a narrow terminal.
+        widest = max([len(name), *(row[n].cell_len for row in rows)])
+        table.add_column(name, justify="right" if 5 <= n <= 7 else "left", no_wrap=True, overflow="ellipsis",
+                         min_width=None if name == "prompt" else widest)  # fmt: skip
+    for row in rows:
+        table.add_row(*row)
     if not page["tasks"]:
         out.print("No tasks match." + ("" if any((status, source, agent, user, search)) else " Try `tasklogger demo`."))
         return
@@ -277,4 +282,4 @@ def demo_command(
     finally:
         client.close()
     if not json:
-        out.print(f"done: {written} entries; list them with: tasklogger tasks --source github")
+        out.print(f"done: {written} entries; see them at {url.rstrip('/')}/ or with: tasklogger tasks")

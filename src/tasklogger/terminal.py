@@ -4,6 +4,7 @@ markup, so ``[red]`` in an agent's output stays literal."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,8 @@ FILE_LANE = {"webhook_flow": "webhook", "agent_output": "agent", "user_inputs": 
 LANE_STYLE = {"webhook": "magenta", "agent": "cyan", "user": "yellow"}
 
 out = Console(highlight=False, soft_wrap=False)
+if not out.is_terminal and "COLUMNS" not in os.environ:
+    out.width = 160  # piped into a file or grep: wide lines rather than cut ones
 
 
 # -- terminal rendering -------------------------------------------------------------------------------------------

@@ -18,6 +18,11 @@
   const openCalls = new Map(); // tool name -> call slots still waiting for a result (FIFO)
   let finalShown = false;
   let lastId = null; // highest stream id drawn
+  // Follow new records only once the reader has scrolled to the end of the page themselves.
+  let following = false;
+  window.addEventListener("scroll", () => {
+    following = window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 40;
+  }, { passive: true });
 
   // -- small renderers ----------------------------------------------------------------------------------------
 
@@ -199,9 +204,8 @@
     item.node = render(lane, record);
     if (item.node) {
       const next = items.slice(at + 1).find((i) => i.node);
-      const follow = at === items.length - 1 && window.innerHeight + window.scrollY >= document.body.scrollHeight - 150;
       timeline.insertBefore(item.node, next ? next.node : null);
-      if (follow && live) item.node.scrollIntoView({ block: "end" });
+      if (following && at === items.length - 1) item.node.scrollIntoView({ block: "end" });
     }
     onRecord(record);
     scheduleSummary();
