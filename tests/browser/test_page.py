@@ -102,6 +102,7 @@ def test_task_view_shows_the_timeline_and_the_final_result(visit: Visit, web_pub
     expect(page.locator("#tools table")).to_contain_text("read_file")
     expect(page.locator("#f-cost")).to_have_text("$0.0500")
     expect(page.locator("#f-exit-code")).to_have_text("0")
+    expect(page.locator("#f-events")).to_have_text(f"{len(ids)} (2 webhook, {len(ids) - 3} agent, 1 user)")
     assert page.locator("#download").get_attribute("href") == f"/tasks/{task_id}/logs"
     assert page.evaluate("window.__xss") is None  # ...and never run
     assert page.locator("#timeline script, #timeline img").count() == 0

@@ -128,6 +128,8 @@ def task_view(
         ("Tokens in", _count(fin.get("input_tokens")), "tokens-in"),
         ("Tokens out", _count(fin.get("output_tokens")), "tokens-out"),
         ("Exit code", fin.get("exit_code"), "exit-code"),
+        ("Events", None, "events"),
+        ("Integrity", None, "integrity"),
     ]
     dl = "".join(
         f'<div><dt>{k}</dt><dd id="f-{key}">{esc(v) if v is not None else "—"}</dd></div>' for k, v, key in facts

@@ -277,6 +277,26 @@
     document.getElementById("final-body").replaceChildren(...parts);
   }
 
+  // Event counts and the audit seal come from the task's summary (GET /tasks/{id}); optional extras.
+  async function refreshSummary() {
+    let summary;
+    try {
+      summary = await getJSON(base);
+    } catch (_) {
+      return; // no summary (task not indexed yet): the rest of the page does not depend on it
+    }
+    if (summary.events && summary.events.total != null) {
+      const e = summary.events;
+      setFact("events", `${e.total} (${e.webhook_flow ?? 0} webhook, ${e.agent_output ?? 0} agent, ${e.user_inputs ?? 0} user)`);
+    }
+    const seal = summary.integrity;
+    const node = document.getElementById("f-integrity");
+    if (seal && node) {
+      node.textContent = seal.sealed ? "sealed " + String(seal.digest || "").slice(0, 12) + "…" : "not sealed yet";
+      node.title = seal.sealed ? `digest ${seal.digest}, sealed at ${seal.sealed_at}` : "";
+    }
+  }
+
   let summaryTimer = null;
   function scheduleSummary() {
     if (summaryTimer === null) summaryTimer = setTimeout(summarize, 80);
@@ -394,6 +414,7 @@
         /* the final result is also in the task:completed / task:failed record */
       }
       setLive("finished", "done");
+      setTimeout(refreshSummary, 1500); // the index and the seal follow the final record shortly
     });
     source.addEventListener("error", () => {
       if (source.readyState === EventSource.CLOSED) {
@@ -447,4 +468,5 @@
   }
 
   connect();
+  refreshSummary();
 })();
