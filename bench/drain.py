@@ -5,6 +5,7 @@ time, and the machine. Afterwards the records on disk are counted (one per publi
 
     python bench/drain.py --events 100000
     python bench/drain.py --events 20000 --dir /mnt/ssd/tl-bench      # measure on a given disk
+    python bench/drain.py --no-index                                   # without the task index, to compare
 """
 
 from __future__ import annotations
@@ -46,6 +47,32 @@ def records_on_disk(logs_dir: Path) -> int:
     return total
 
 
+def index_caught_up(logs_dir: Path, deadline: float) -> float:
+    """perf_counter() when the task index has a row for every task directory with all of its records."""
+    import sqlite3
+
+    path = logs_dir / ".tasklogger" / "index.sqlite3"
+    tasks = [p for p in logs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    records = sum(records_on_disk(p) for p in tasks)
+    while time.perf_counter() < deadline:
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
+                query = "SELECT count(*), sum(webhook_flow + agent_output + user_inputs) FROM tasks"
+                row = conn.execute(query).fetchone()
+            if row == (len(tasks), records):
+                return time.perf_counter()
+        except sqlite3.Error:
+            pass
+        time.sleep(0.02)
+    raise SystemExit("the index did not catch up in time")
+
+
+def index_report(logs_dir: Path, deadline: float, started: float, drained: float) -> str:
+    """When the index had caught up with the drained directory, relative to the start and to the drain."""
+    after = index_caught_up(logs_dir, deadline) - started
+    return f"index: all tasks and records indexed {after:.2f} s after the start ({after - drained:+.2f} s vs drained)"
+
+
 def nproc() -> int:
     """CPUs this process may run on (what ``nproc`` prints)."""
     try:
@@ -61,6 +88,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="MAX_BATCH_SIZE for the service (default: its own)")
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir, removed)")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds of draining")
+    parser.add_argument(
+        "--index", action=argparse.BooleanOptionalAction, default=True, help="keep the task index (TASKLOGGER_INDEX)"
+    )
     args = parser.parse_args()
 
     work = args.dir or Path(tempfile.mkdtemp(prefix="tl-drain-"))
@@ -82,6 +112,7 @@ def main() -> None:
         print(f"published {args.events} entries in {time.perf_counter() - started:.1f}s (before the consumer starts)")
 
         env = {"MAX_BATCH_SIZE": str(args.batch)} if args.batch else {}
+        env["TASKLOGGER_INDEX"] = str(int(args.index))
         started = time.perf_counter()
         service = Service(logs, redis_proc.url, env=env).start()
         assert service.process is not None
@@ -105,6 +136,7 @@ def main() -> None:
                 raise SystemExit(f"not drained within {args.timeout:.0f}s; see {service.log}")
             time.sleep(0.02)
         elapsed = time.perf_counter() - started
+        index_note = index_report(logs, deadline, started, elapsed) if args.index else "index: off (--no-index)"
         peak = sampler.stop()
         cpu = sampler.process.cpu_times()
         service.stop()
@@ -124,6 +156,7 @@ def main() -> None:
             f"{size / 2**20:.0f} MB written; {on_disk} records on disk"
             + ("" if on_disk == args.events else f" (EXPECTED {args.events})")
         )
+        print(index_note)
         print(f"machine: nproc={nproc()}, {machine(logs)}")
         if on_disk != args.events:
             sys.exit(1)

@@ -36,23 +36,26 @@ SCHEMA_VERSION = 1
 CHUNK_BITS = 20
 MAX_CHUNK = (1 << CHUNK_BITS) - 1
 
-#: sort parameter -> (SQL expression of the key, descending). NULLs sort as the smallest value.
-SORTS: dict[str, tuple[str, bool]] = {}
-for _name, _column in (
-    ("created_at", "created_ts"),
-    ("updated_at", "updated_ts"),
-    ("cost_usd", "cost_usd"),
-    ("duration_seconds", "duration_seconds"),
+#: sort parameter -> (SQL expression of the key, descending, index on it). NULLs sort as the smallest value.
+SORTS: dict[str, tuple[str, bool, str]] = {}
+for _name, _column, _index in (
+    ("created_at", "created_ts", "tasks_created"),
+    ("updated_at", "updated_ts", "tasks_updated"),
+    ("cost_usd", "cost_usd", "tasks_cost"),
+    ("duration_seconds", "duration_seconds", "tasks_duration"),
 ):
-    SORTS[_name] = (f"ifnull({_column}, -1e308)", False)
-    SORTS["-" + _name] = (f"ifnull({_column}, -1e308)", True)
+    SORTS[_name] = (f"ifnull({_column}, -1e308)", False, _index)
+    SORTS["-" + _name] = (f"ifnull({_column}, -1e308)", True, _index)
+#: From this many matching pieces of text on, a search walks the tasks in sort order and stops at the page's
+#: end, instead of sorting every match (measured: 100,000 matches cost 60 ms sorted, 19 ms walked).
+WALK_FROM_MATCHES = 5000
 DEFAULT_SORT = "-created_at"
 STATUSES = ("running", "completed", "failed")
 
 _SCHEMA = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE tasks (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: FTS pieces of a deleted row must match nothing
     task_id TEXT NOT NULL UNIQUE,
     source TEXT, agent_type TEXT, user_id TEXT, machine_id TEXT,
     status TEXT NOT NULL,
@@ -64,7 +67,7 @@ CREATE TABLE tasks (
     chunks INTEGER NOT NULL DEFAULT 0,
     state BLOB NOT NULL
 );
-CREATE INDEX tasks_created ON tasks ({SORTS["created_at"][0]}, id);
+CREATE INDEX tasks_created ON tasks ({SORTS["created_at"][0]}, id);  -- the names are SORTS' index names
 CREATE INDEX tasks_updated ON tasks ({SORTS["updated_at"][0]}, id);
 CREATE INDEX tasks_cost ON tasks ({SORTS["cost_usd"][0]}, id);
 CREATE INDEX tasks_duration ON tasks ({SORTS["duration_seconds"][0]}, id);
@@ -72,7 +75,7 @@ CREATE INDEX tasks_source ON tasks (source);
 CREATE INDEX tasks_user ON tasks (user_id);
 CREATE INDEX tasks_agent ON tasks (agent_type);
 CREATE INDEX tasks_status ON tasks (status) WHERE status = 'running';
-CREATE VIRTUAL TABLE fts USING fts5 (body, content='', tokenize='unicode61 remove_diacritics 2');
+CREATE VIRTUAL TABLE fts USING fts5 (body, content='', tokenize='unicode61 remove_diacritics 2', prefix='2 3');
 INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
 
@@ -201,14 +204,23 @@ def _ingest_one(conn: sqlite3.Connection, logs_dir: Path, task_id: str) -> int:
         if found:
             conn.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,))
         return 0
+    store_row(conn, row, rowid, chunks, texts)
+    return row.total - before
+
+
+def store_row(conn: sqlite3.Connection, row: TaskRow, rowid: int | None, chunks: int, texts: list[str]) -> int:
+    """Insert (``rowid`` None) or update a task's row and add its new text to the search index; returns the rowid."""
     values = [getattr(row, name) for name in _ROW_COLUMNS]
-    state = orjson.dumps({"offsets": row.offsets, "stamps": row.stamps, "first": row.first_record_ts})
+    state = orjson.dumps(
+        {"offsets": row.offsets, "stamps": row.stamps, "first": row.first_record_ts, "text": row.text_chars}
+    )
     new_chunks = chunks + (1 if texts and chunks < MAX_CHUNK else 0)
     if rowid is None:
         cur = conn.execute(
             f"INSERT INTO tasks ({', '.join(_ROW_COLUMNS)}, chunks, state) VALUES ({', '.join('?' * 21)}, ?, ?)",
             (*values, new_chunks, state),
         )
+        assert cur.lastrowid is not None
         rowid = cur.lastrowid
     else:
         assignments = ", ".join(f"{name} = ?" for name in _ROW_COLUMNS[1:])
@@ -217,9 +229,8 @@ def _ingest_one(conn: sqlite3.Connection, logs_dir: Path, task_id: str) -> int:
             (*values[1:], new_chunks, state, rowid),
         )
     if new_chunks > chunks:
-        assert rowid is not None
         conn.execute("INSERT INTO fts (rowid, body) VALUES (?, ?)", ((rowid << CHUNK_BITS) | chunks, "\n".join(texts)))
-    return row.total - before
+    return rowid
 
 
 def known_task_ids(conn: sqlite3.Connection) -> set[str]:
@@ -238,6 +249,7 @@ def _row_of(found: tuple[Any, ...]) -> TaskRow:
     row.offsets = state["offsets"]
     row.stamps = state["stamps"]
     row.first_record_ts = state["first"]
+    row.text_chars = state.get("text", 0)
     return row
 
 
@@ -283,8 +295,13 @@ class Reader:
 
     def search(self, query: Query) -> tuple[list[dict[str, Any]], str | None]:
         """One page of tasks matching ``query`` and the cursor of the next page (None on the last)."""
-        sql, params = build_query(query)
         with self.connection() as conn:
+            walk = False
+            if query.q is not None and query.q.strip():
+                # A bounded count decides the plan (see WALK_FROM_MATCHES); it stops at the threshold.
+                count = f"SELECT count(*) FROM (SELECT 1 FROM fts WHERE fts MATCH ? LIMIT {WALK_FROM_MATCHES})"
+                walk = conn.execute(count, (fts_query(query.q),)).fetchone()[0] >= WALK_FROM_MATCHES
+            sql, params = build_query(query, walk=walk)
             rows = conn.execute(sql, params).fetchall()
         more = len(rows) > query.limit
         rows = rows[: query.limit]
@@ -301,11 +318,15 @@ class Reader:
         return int(count), newest
 
 
-def build_query(query: Query) -> tuple[str, list[Any]]:
-    """The SQL and parameters of a task list query (keyset pagination on (sort key, id))."""
+def build_query(query: Query, *, walk: bool = False) -> tuple[str, list[Any]]:
+    """The SQL and parameters of a task list query (keyset pagination on (sort key, id)).
+
+    ``walk`` makes SQLite go through the sort order's index and test each task against the search, which stops
+    after one page; otherwise it collects the matches first and sorts them (best when they are few).
+    """
     if query.sort not in SORTS:
         raise BadQuery(f"sort must be one of {', '.join(SORTS)}")
-    expr, descending = SORTS[query.sort]
+    expr, descending, index_name = SORTS[query.sort]
     where: list[str] = []
     params: list[Any] = []
     for column, value in (
@@ -332,6 +353,8 @@ def build_query(query: Query) -> tuple[str, list[Any]]:
         params.extend([key, rowid])
     order = "DESC" if descending else "ASC"
     sql = f"{_SELECT.removesuffix(' FROM tasks')}, {expr} FROM tasks"
+    if walk:
+        sql += f" INDEXED BY {index_name}"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += f" ORDER BY {expr} {order}, id {order} LIMIT ?"

@@ -25,6 +25,9 @@ from .wire import parse_timestamp
 MESSAGE_CHARS = 300
 #: Text of one record given to full-text search at most (a 200 KB tool result is searchable by its start).
 MAX_TEXT_PER_RECORD = 16 * 1024
+#: Agent output text of one task given to search at most: beyond, a 100 MB task would make the index as large
+#: as the logs. The input message, errors and the final result are always searchable.
+MAX_TEXT_PER_TASK = 4 * 1024 * 1024
 #: Bytes read from a JSONL file per read() call.
 CHUNK = 1 << 20
 #: SQLite integers are signed 64-bit; a larger number is reported as unknown rather than wrapped.
@@ -64,6 +67,8 @@ class TaskRow:
     stamps: dict[str, list[int]] = field(default_factory=dict)
     #: Earliest record time, used as created_at while metadata.json does not exist.
     first_record_ts: float | None = None
+    #: Characters of agent output text given to search so far (capped at MAX_TEXT_PER_TASK).
+    text_chars: int = 0
 
     @property
     def total(self) -> int:
@@ -151,13 +156,13 @@ def _record(row: TaskRow, key: str, line: bytes, texts: list[str]) -> None:
 
 def _record_data(row: TaskRow, event_type: str, data: dict[str, Any], texts: list[str]) -> None:
     if event_type == "task:output":
-        _text_of(data.get("content"), texts)
+        _budgeted(row, data.get("content"), texts)
     elif event_type == "task:tool_call":
         _text_of(data.get("name"), texts)
     elif event_type == "task:tool_result":
         _text_of(data.get("name"), texts)
         if data.get("is_error") in (True, "true", "True", 1):
-            _text_of(data.get("content"), texts)
+            _budgeted(row, data.get("content"), texts)
     elif event_type == "task:failed":
         _text_of(data.get("error"), texts)
     elif event_type == "task:metrics" and row.finished_ts is None:
@@ -267,6 +272,16 @@ def _text_of(value: Any, texts: list[str]) -> None:
         return
     text = value if isinstance(value, str) else orjson.dumps(value).decode()
     texts.append(text[:MAX_TEXT_PER_RECORD])
+
+
+def _budgeted(row: TaskRow, value: Any, texts: list[str]) -> None:
+    if row.text_chars >= MAX_TEXT_PER_TASK:
+        return
+    before = len(texts)
+    _text_of(value, texts)
+    if len(texts) > before:
+        texts[-1] = texts[-1][: MAX_TEXT_PER_TASK - row.text_chars]
+        row.text_chars += len(texts[-1])
 
 
 def _number(value: Any, kind: type[int] | type[float]) -> Any:
