@@ -23,6 +23,7 @@ from .terminal import (
     STATUS_STYLE,
     count,
     data_of,
+    flush,
     merged,
     one_line,
     out,
@@ -191,6 +192,7 @@ def tail_command(
                     print_json({"id": event.id, **data})
                 else:
                     print_record(str(data.get("file", "")), data.get("record") or {}, full=full)
+                    flush()
 
 
 # -- dead letters -------------------------------------------------------------------------------------------------
