@@ -38,9 +38,11 @@ class Script:
     steps: list[tuple[float, str, Data, bool]] = field(default_factory=list)
 
     def hook(self, delay: float, kind: str, data: Data) -> None:
+        """A step keyed by the webhook id (the webhook service's events)."""
         self.steps.append((delay, kind, data, True))
 
     def task(self, delay: float, kind: str, data: Data) -> None:
+        """A step keyed by the task id (the agent runner's events)."""
         self.steps.append((delay, kind, data, False))
 
 

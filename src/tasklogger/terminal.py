@@ -280,16 +280,19 @@ def number(value: Any) -> float | None:
 
 
 def usd(value: Any) -> str:
+    """A cost in dollars, four decimals."""
     n = number(value)
     return "—" if n is None else f"${n:.4f}"
 
 
 def count(value: Any) -> str:
+    """A token count with thousands separators."""
     n = number(value)
     return "—" if n is None else f"{int(n):,}"
 
 
 def seconds(value: Any) -> str:
+    """A duration: ``12.5s`` or ``3m 07s``."""
     n = number(value)
     if n is None:
         return "—"

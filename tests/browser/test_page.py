@@ -244,3 +244,21 @@ def test_with_an_api_token_the_page_asks_for_it_once(
     finally:
         visit.close()
         token_service.kill()
+
+
+def test_a_task_page_opened_before_the_task_exists_waits_for_it(visit: Visit, web_publisher: Publisher) -> None:
+    task_id = f"early-{uuid.uuid4().hex[:8]}"
+    page = visit.page
+
+    response = page.goto(f"/t/{task_id}")
+    assert response is not None and response.status == 404
+    expect(page.locator("#waiting")).to_be_visible()
+    ids = start_task(web_publisher, task_id, "early")
+
+    expect(page.locator("#timeline > li")).to_have_count(len(ids))
+    expect(page.locator("#status")).to_have_text("running")
+    expect(page.locator("#f-source")).to_have_text("github")
+    expect(page.locator("#waiting")).to_have_count(0)
+    unsafe = page.goto("/t/.hidden")
+    assert unsafe is not None and unsafe.status == 400
+    expect(page.locator("p.error")).to_contain_text("Not a valid task id")
