@@ -149,3 +149,23 @@ def test_rows_built_batch_by_batch_equal_a_rebuild(publisher: Publisher, redis_u
     assert [t["task_id"] for t in found] == ["b-3"]
     found, _ = Reader(fresh).search(Query(q="tool_4"))
     assert [t["task_id"] for t in found] == ["b-0"]
+
+
+def test_the_api_alone_follows_a_consumer_running_elsewhere(
+    publisher: Publisher, redis_url: str, logs_dir: Path
+) -> None:
+    # The consumer keeps no index here, so only the API process's own rescans can find the new tasks.
+    env = {"TASKLOGGER_INDEX": "0"}
+    consumer = ServiceProcess(logs_dir, redis_url, args=("consume",), env=env).start(wait_healthy=False)
+    api = None
+    try:
+        publish_tasks(publisher, "x", 3)
+        wait_until(lambda: group_drained(publisher.client), what="the consumer to drain")
+        api = ServiceProcess(logs_dir, redis_url, args=("api",)).start()
+        wait_until(lambda: len(listed(api.port)) == 3, what="the API process to list the tasks")
+        publish_tasks(publisher, "y", 2)
+        wait_until(lambda: len(listed(api.port)) == 5, timeout=30, what="the API process to see new tasks")
+    finally:
+        consumer.kill()
+        if api is not None:
+            api.kill()
