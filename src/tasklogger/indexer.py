@@ -9,6 +9,7 @@ directory, which is cheap for tasks already up to date (one stat per file).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -31,6 +32,11 @@ log = structlog.get_logger(__name__)
 TASKS_PER_TRANSACTION = 500
 #: Back-off after the index could not be written (disk full, I/O error).
 RETRY_S = 2.0
+#: At most one indexing pass this often: a task written by many batches meanwhile is read once, and the index's
+#: own writes (which the store's syncfs also flushes) stay few. This is the index's lag behind the files.
+PASS_INTERVAL_S = 0.5
+#: The indexer thread's nice value: the consumer's threads get the CPU first.
+NICE = 10
 
 
 def task_dirs(logs_dir: Path) -> Iterator[str]:
@@ -124,8 +130,11 @@ class Indexer:
 
     def _run(self) -> None:
         next_scan = 0.0
+        with contextlib.suppress(OSError, AttributeError):  # Linux: a thread id is a process id for setpriority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
         try:
             while True:
+                last_pass = time.monotonic()
                 stopping = self._stop.is_set()
                 try:
                     self._ensure_open()
@@ -144,6 +153,8 @@ class Indexer:
                     return
                 timeout = None if self.rescan_interval_s is None else max(0.0, next_scan - time.monotonic())
                 self._wake.wait(timeout if timeout is not None else 1.0)
+                # Let more batches arrive before the next pass (a stop request cuts the wait short).
+                self._stop.wait(max(0.0, last_pass + PASS_INTERVAL_S - time.monotonic()))
                 self._wake.clear()
         finally:
             if self._conn is not None:

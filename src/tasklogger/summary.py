@@ -9,6 +9,7 @@ line cut by recovery) makes the caller start the task over from nothing.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -69,6 +70,9 @@ class TaskRow:
     first_record_ts: float | None = None
     #: Characters of agent output text given to search so far (capped at MAX_TEXT_PER_TASK).
     text_chars: int = 0
+    #: Sort keys of first/last_entry_id, computed when first needed (not stored).
+    first_key: tuple[int, int] | None = field(default=None, repr=False, compare=False)
+    last_key: tuple[int, int] | None = field(default=None, repr=False, compare=False)
 
     @property
     def total(self) -> int:
@@ -128,30 +132,55 @@ def _scan_jsonl(task: TaskDir, row: TaskRow, name: str, key: str, texts: list[st
         os.close(fd)
 
 
+#: The members every record starts with (docs/records.md: seq, id, type, ts in this order), read without
+#: parsing the whole line: most records (thinking, raw output, webhook payloads) add nothing else to a summary.
+_HEAD = re.compile(rb'\{"seq":[0-9]+,"id":("(?:[^"\\]|\\.)*"),"type":("(?:[^"\\]|\\.)*"),"ts":("(?:[^"\\]|\\.)*")')
+#: Event types whose data a summary or the search uses.
+DATA_TYPES = frozenset({"task:output", "task:tool_call", "task:tool_result", "task:failed", "task:metrics"})
+
+
 def _record(row: TaskRow, key: str, line: bytes, texts: list[str]) -> None:
+    head = _HEAD.match(line)
     try:
-        rec = orjson.loads(line)
+        if head is not None:
+            entry_id, event_type, ts = (orjson.loads(head.group(n)) for n in (1, 2, 3))
+            rec = orjson.loads(line) if event_type in DATA_TYPES else None
+        else:
+            rec = orjson.loads(line)
+            if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
+                return
+            entry_id, event_type, ts = rec["id"], str(rec.get("type", "")), rec.get("ts")
     except orjson.JSONDecodeError:
         return  # recovery quarantines such a line; it is not a record
-    if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
-        return
     setattr(row, key, getattr(row, key) + 1)
-    entry_id: str = rec["id"]
-    try:
-        entry_key = stream_id_key(entry_id)
-        if row.first_entry_id is None or entry_key < stream_id_key(row.first_entry_id):
-            row.first_entry_id = entry_id
-        if row.last_entry_id is None or entry_key > stream_id_key(row.last_entry_id):
-            row.last_entry_id = entry_id
-    except ValueError:
-        pass
-    moment = record_time(rec)
+    _ids(row, entry_id)
+    moment = parse_time(ts)
+    if moment is None and _ID.fullmatch(entry_id):
+        moment = stream_id_key(entry_id)[0] / 1000  # a ts that does not parse: the entry id's time
     if moment is not None:
         row.updated_ts = moment if row.updated_ts is None else max(row.updated_ts, moment)
         row.first_record_ts = moment if row.first_record_ts is None else min(row.first_record_ts, moment)
-    data = rec.get("data")
+    data = rec.get("data") if isinstance(rec, dict) else None
     if isinstance(data, dict):
-        _record_data(row, str(rec.get("type", "")), data, texts)
+        _record_data(row, event_type, data, texts)
+
+
+_ID = re.compile(r"[0-9]+-[0-9]+", re.ASCII)
+
+
+def _ids(row: TaskRow, entry_id: str) -> None:
+    """Keep the lowest and highest stream ids (their sort keys are cached on the row)."""
+    if not _ID.fullmatch(entry_id):
+        return
+    entry_key = stream_id_key(entry_id)
+    if row.first_key is None and row.first_entry_id is not None:
+        row.first_key = stream_id_key(row.first_entry_id)
+    if row.last_key is None and row.last_entry_id is not None:
+        row.last_key = stream_id_key(row.last_entry_id)
+    if row.first_key is None or entry_key < row.first_key:
+        row.first_entry_id, row.first_key = entry_id, entry_key
+    if row.last_key is None or entry_key > row.last_key:
+        row.last_entry_id, row.last_key = entry_id, entry_key
 
 
 def _record_data(row: TaskRow, event_type: str, data: dict[str, Any], texts: list[str]) -> None:
@@ -228,17 +257,6 @@ def _apply_final(row: TaskRow, final: dict[str, Any], texts: list[str]) -> None:
         _text_of(final.get("result"), texts)
         if row.error and final.get("event_type") != "task:failed":  # task:failed's error came with its record
             texts.append(row.error[:MAX_TEXT_PER_RECORD])
-
-
-def record_time(rec: dict[str, Any]) -> float | None:
-    """Epoch seconds of a record: its ``ts``, else its stream id's milliseconds."""
-    moment = parse_time(rec.get("ts"))
-    if moment is None and isinstance(rec.get("id"), str):
-        try:
-            moment = stream_id_key(rec["id"])[0] / 1000
-        except ValueError:
-            return None
-    return moment
 
 
 def parse_time(value: Any) -> float | None:
