@@ -22,6 +22,7 @@ from .api_models import Health, Liveness, MetricsJson
 from .config import Settings
 from .consumer import Consumer
 from .index import IndexUnavailable, Reader
+from .index_worker import IndexerProcess
 from .indexer import Indexer
 from .metrics import Metrics
 
@@ -37,7 +38,7 @@ class Runtime:
     consumer: Consumer | None = None
     started_at: float = field(default_factory=time.monotonic)
     #: The index updater of this process (None: the index is maintained elsewhere, or disabled).
-    indexer: Indexer | None = None
+    indexer: Indexer | IndexerProcess | None = None
     #: Histograms fed by the consumer's on_commit; created by create_app when not given.
     metrics: Metrics | None = None
     #: The audit state of a task for its summary: (logs_dir, task_id) -> {sealed, digest, sealed_at} or None.

@@ -20,7 +20,7 @@ from .config import Settings
 from .consumer import Consumer
 from .embedded import EmbeddedRedis
 from .errors import ConfigError, DiskError
-from .indexer import Indexer
+from .index_worker import IndexerProcess
 from .metrics import Metrics
 from .store import CommitResult, Store
 
@@ -130,15 +130,18 @@ def run(settings: Settings, *, consume: bool = True, serve_api: bool = True) -> 
 
 def _commit_hooks(
     settings: Settings, *, consume: bool, serve_api: bool
-) -> tuple[Indexer | None, Metrics | None, Callable[[CommitResult], None] | None]:
+) -> tuple[IndexerProcess | None, Metrics | None, Callable[[CommitResult], None] | None]:
     """The task indexer and the Prometheus histograms, and the on_commit hook that feeds both.
 
     The API-only process keeps the index up to date by scanning (a consumer elsewhere writes the files).
     """
     indexer = None
     if settings.index and (consume or serve_api):
-        indexer = Indexer(settings.logs_dir, settings.index_file, rescan_interval_s=None if consume else 10.0)
-        indexer.start()
+        # A process of its own: reading task files for the index never competes for the consumer's GIL.
+        indexer = IndexerProcess(
+            settings.logs_dir, settings.index_file, rescan_interval_s=None if consume else 10.0,
+            log_level=settings.log_level, log_format=settings.log_format,
+        ).start()  # fmt: skip
     metrics = Metrics() if serve_api else None
     if not consume or (indexer is None and metrics is None):
         return indexer, metrics, None

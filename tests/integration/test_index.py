@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from tasklogger.index import Query, Reader
 from tasklogger.indexer import rebuild
 from tests.integration.http_helpers import request
@@ -169,3 +171,29 @@ def test_the_api_alone_follows_a_consumer_running_elsewhere(
         consumer.kill()
         if api is not None:
             api.kill()
+
+
+def test_a_killed_indexer_process_is_replaced_and_catches_up(
+    publisher: Publisher, redis_url: str, logs_dir: Path
+) -> None:
+    proc = ServiceProcess(logs_dir, redis_url).start()
+    try:
+        publish_tasks(publisher, "k", 2)
+        wait_until(lambda: len(listed(proc.port)) == 2, what="2 tasks indexed")
+        assert proc.process is not None
+        workers = [c for c in psutil.Process(proc.process.pid).children() if "index_worker" in " ".join(c.cmdline())]
+        assert len(workers) == 1
+        workers[0].kill()
+        wait_until(lambda: _gone(workers[0]), what="the indexer process to die")
+        publish_tasks(publisher, "l", 3)
+        wait_until(lambda: len(listed(proc.port)) == 5, timeout=30, what="a new indexer process to catch up")
+        assert "indexer process ended" in proc.output()
+    finally:
+        proc.kill()
+
+
+def _gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
