@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 import redis
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
 
 from tests.support import Publisher, RedisProcess, ServiceProcess
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+# The 2-core CI box also runs the service and redis-server: give each expectation room (the default is 5 s).
+expect.set_options(timeout=15_000)
 
 
 @pytest.fixture(scope="session")

@@ -216,8 +216,10 @@ def test_screenshots_of_a_demo(visit: Visit, web_redis: RedisProcess, tmp_path: 
 
 @pytest.fixture
 def token_service(web_redis: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> ServiceProcess:
+    # Its own consumer group: it reads the whole stream without taking entries from the other service.
     service = ServiceProcess(tmp_path_factory.mktemp("web-auth") / "logs", web_redis.url,
-                             env={"TASKLOGGER_API_TOKEN": "s3cret-token-0123456789"}).start()  # fmt: skip
+                             env={"TASKLOGGER_API_TOKEN": "s3cret-token-0123456789",
+                                  "REDIS_CONSUMER_GROUP": "web-auth"}).start()  # fmt: skip
     return service
 
 
