@@ -50,6 +50,12 @@ TokenOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the API's JSON instead of a table")]
 
 
+def check_range(name: str, value: float, low: float, high: float) -> None:
+    """Bad input ends the command with one line (typer's own range errors print a box)."""
+    if not low <= value <= high:
+        fail(f"{name} must be between {low:g} and {high:g}, not {value:g}", 2)
+
+
 def fail(message: str, code: int = 1) -> None:
     """End the command with one line on stderr."""
     typer.echo(f"tasklogger: {message}", err=True)
@@ -90,7 +96,7 @@ def tasks_command(
     until: Annotated[str | None, typer.Option(help="created before (ISO-8601 or epoch seconds)")] = None,
     search: Annotated[str | None, typer.Option("--search", "-q", help="full-text search")] = None,
     sort: Annotated[str | None, typer.Option(help="e.g. -created_at (default), -cost_usd, duration_seconds")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500, help="rows per page")] = 50,
+    limit: Annotated[int, typer.Option(help="rows per page (1-500)")] = 50,
     cursor: Annotated[str | None, typer.Option(help="the next_cursor of a previous page")] = None,
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
@@ -99,6 +105,7 @@ def tasks_command(
     """List tasks, newest first, with filters and full-text search."""
     if status is not None and status not in STATUS_STYLE:
         fail(f"--status must be running, completed or failed, not {status!r}", 2)
+    check_range("--limit", limit, 1, 500)
     with connect(url, token) as client:
         page = client.tasks(status=status, source=source, agent=agent, user=user, since=since, until=until,
                             q=search, sort=sort, limit=limit, cursor=cursor)  # fmt: skip
@@ -179,20 +186,31 @@ def tail_command(
     json: JsonOpt = False,
 ) -> None:
     """Follow a task live: each step as it is written, until its final result (resumes if the service restarts)."""
+    from .client import ApiError
+
     with connect(url, token) as client:
-        for event in client.events(task_id, after=after, wait=wait):
-            data = event.data if isinstance(event.data, dict) else {}
-            if event.event == "end":
-                if json:
-                    print_json({"end": data})
-                else:
-                    print_final(data)
-            elif event.event == "record":
-                if json:
-                    print_json({"id": event.id, **data})
-                else:
-                    print_record(str(data.get("file", "")), data.get("record") or {}, full=full)
-                    flush()
+        try:
+            for event in client.events(task_id, after=after, wait=wait):
+                follow(event.event, event.id, event.data if isinstance(event.data, dict) else {}, json, full)
+        except ApiError as exc:
+            if exc.status == 404:
+                fail(f"no task {task_id!r} yet (tail --wait waits for it)")
+            raise
+
+
+def follow(kind: str, entry_id: str | None, data: dict[str, Any], json: bool, full: bool) -> None:
+    """Print one event of ``tail``: a record as it is written, or the final result."""
+    if kind == "end":
+        if json:
+            print_json({"end": data})
+        else:
+            print_final(data)
+    elif kind == "record":
+        if json:
+            print_json({"id": entry_id, **data})
+        else:
+            print_record(str(data.get("file", "")), data.get("record") or {}, full=full)
+            flush()
 
 
 # -- dead letters -------------------------------------------------------------------------------------------------
@@ -202,12 +220,13 @@ def tail_command(
 def dead_letters_command(
     reason: Annotated[str | None, typer.Option(help="only this reason, e.g. invalid_data")] = None,
     after: Annotated[str | None, typer.Option(help="start after this stream entry id")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="entries per page")] = 100,
+    limit: Annotated[int, typer.Option(help="entries per page (1-1000)")] = 100,
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Entries that could not be understood, with the reason (they are kept, never dropped)."""
+    check_range("--limit", limit, 1, 1000)
     with connect(url, token) as client:
         page = client.dead_letters(reason=reason, after=after, limit=limit)
     if json:
@@ -239,10 +258,8 @@ def dead_letters_command(
 
 @app.command("demo")
 def demo_command(
-    tasks: Annotated[int, typer.Option(min=1, max=50, help="how many sample tasks")] = 3,
-    speed: Annotated[
-        float, typer.Option(min=0.1, max=10_000, help="1 = a real agent's pace; 10 = ten times faster")
-    ] = 1.0,
+    tasks: Annotated[int, typer.Option(help="how many sample tasks (1-50)")] = 3,
+    speed: Annotated[float, typer.Option(help="1 = a real agent's pace; 10 = ten times faster (0.1-10000)")] = 1.0,
     redis_url: Annotated[
         str | None, typer.Option("--redis-url", help="[env REDIS_URL; unset: the embedded one]")
     ] = None,
@@ -250,6 +267,8 @@ def demo_command(
     json: JsonOpt = False,
 ) -> None:
     """Publish realistic sample tasks to the stream, paced like a real agent: watch them appear live."""
+    check_range("--tasks", tasks, 1, 50)
+    check_range("--speed", speed, 0.1, 10_000)
     import redis
 
     from . import demo

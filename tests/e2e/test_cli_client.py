@@ -174,11 +174,15 @@ def test_bad_input_ends_with_one_clear_line(service: ServiceProcess, env: dict[s
     unsafe = one_error_line(tasklogger("show", "..", env=env))
     status = tasklogger("tasks", "--status", "done", env=env)
     nobody = one_error_line(tasklogger("tasks", "--url", f"http://127.0.0.1:{free_port()}"))
+    not_yet = one_error_line(tasklogger("tail", "no-such-task", env=env))
+    speed = tasklogger("demo", "--speed", "0")
 
     assert "404" in unknown and "no-such-task" in unknown
     assert "not a valid task id" in unsafe
     assert status.returncode == 2 and "--status must be running, completed or failed" in one_error_line(status)
     assert "cannot reach tasklogger" in nobody
+    assert "tail --wait waits for it" in not_yet
+    assert speed.returncode == 2 and "--speed must be between 0.1 and 10000" in one_error_line(speed)
 
 
 def test_a_token_is_sent_when_given_and_asked_for_when_missing(
