@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -279,14 +279,22 @@ def publish(
     speed: float = 1.0,
     on_step: Callable[[Script, str, str], None] | None = None,
 ) -> int:
-    """XADD every step of ``batch`` at its pace (``speed`` 10 is ten times faster); returns the entries written."""
+    """XADD every step of ``batch`` at its pace (``speed`` 10 is ten times faster); returns the entries written.
+
+    Timestamps follow the scripts' own clock, so durations look real at any speed: at speed 1 they are the wall
+    clock; faster, they start earlier and the last one is the moment it is published (never in the future).
+    """
+    steps = list(timeline(batch, speed=speed))
+    total = steps[-1][0] * speed if steps else 0.0
     start = time.monotonic()
+    origin = datetime.now(UTC) - timedelta(seconds=total - total / speed)
     written = 0
-    for offset, script, kind, data, webhook in timeline(batch, speed=speed):
+    for offset, script, kind, data, webhook in steps:
         pause = start + offset - time.monotonic()
         if pause > 0:
             time.sleep(pause)
-        entry_id = client.xadd(stream, fields_for(script, kind, data, webhook, datetime.now(UTC)))  # type: ignore[arg-type]
+        at = origin + timedelta(seconds=offset * speed)
+        entry_id = client.xadd(stream, fields_for(script, kind, data, webhook, at))  # type: ignore[arg-type]
         written += 1
         if on_step is not None:
             on_step(script, kind, entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id))

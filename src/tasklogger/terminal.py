@@ -161,7 +161,9 @@ def print_record(file: str, record: dict[str, Any], *, full: bool, result: dict[
     if result is not None:
         rdata = data_of(result)
         bad = truthy(rdata.get("is_error"))
-        emit(Text.assemble("          ↳ ", ("error" if bad else "result", "bold red" if bad else "green")))
+        took = elapsed(record.get("ts"), result.get("ts"))
+        emit(Text.assemble("          ↳ ", ("error" if bad else "result", "bold red" if bad else "green"),
+                           (f" after {seconds(took)}" if took is not None else "", "dim")))  # fmt: skip
         print_body(text(rdata.get("content")), full=full, style="red" if bad else "", lines=4)
 
 
@@ -308,3 +310,13 @@ def when(value: Any) -> str:
     except ValueError:
         return value
     return (at.astimezone(UTC) if at.tzinfo else at).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def elapsed(start: Any, end: Any) -> float | None:
+    """Seconds between two ISO-8601 timestamps, or None when either does not parse (or time runs backwards)."""
+    try:
+        first, last = datetime.fromisoformat(str(start)), datetime.fromisoformat(str(end))
+        span = (last - first).total_seconds()
+    except (ValueError, TypeError):  # TypeError: one naive, one aware
+        return None
+    return span if span >= 0 else None

@@ -94,6 +94,7 @@ def test_task_view_shows_the_timeline_and_the_final_result(visit: Visit, web_pub
     assert timeline_ids(visit) == [i for i in ids if i not in paired]
     read, bash = page.locator('#timeline > li[data-type="task:tool_call"]').all()
     expect(read.locator(".result")).to_contain_text(XSS)  # shown as text...
+    expect(read.locator(".result .took")).to_contain_text("after ")
     expect(bash).to_have_class("item lane-agent t-tool_call error")
     expect(bash.locator(".result.error")).to_contain_text("1 failed")
     thinking = page.locator('#timeline > li[data-type="task:thinking"] details')
@@ -206,6 +207,8 @@ def test_screenshots_of_a_demo(visit: Visit, web_redis: RedisProcess, tmp_path: 
         expect(page.locator("#tools table")).to_be_visible()
         page.screenshot(path=str(SCREENSHOTS / "task-view.png"))
         page.locator('#timeline > li[data-type="task:tool_call"]').nth(3).scroll_into_view_if_needed()
+        # Items off screen are laid out lazily (content-visibility): let two frames draw the new ones.
+        page.evaluate("new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
         page.screenshot(path=str(SCREENSHOTS / "task-timeline.png"))
         assert [u for u in visit.requests if not u.startswith(base) and not u.startswith(visit.base_url)] == []
         assert visit.errors == []

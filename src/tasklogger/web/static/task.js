@@ -15,6 +15,7 @@
   const items = []; // {id, lane, record, node}, sorted by stream id
   const seen = new Set(); // stream ids already rendered: a resumed stream never draws one twice
   const callsById = new Map(); // _tool_use_id -> call slot
+  const toolSeconds = new Map(); // stream id of a call -> seconds until its result
   const openCalls = new Map(); // tool name -> call slots still waiting for a result (FIFO)
   let finalShown = false;
   let lastId = null; // highest stream id drawn
@@ -123,7 +124,7 @@
 
   function toolCall(record, d) {
     const slot = el("div", { class: "result pending" }, "waiting for the result…");
-    const call = { name: String(d.name ?? "?"), slot, node: null };
+    const call = { name: String(d.name ?? "?"), slot, node: null, id: record.id, ts: record.ts };
     const input = asText(d.input);
     const content = [
       el("span", { class: "tool-name" }, call.name),
@@ -152,9 +153,13 @@
 
   function fillResult(call, d, record) {
     const error = truthy(d.is_error);
+    // How long the tool took: from the call's timestamp to the result's (both the producer's clock).
+    const took = (Date.parse(record.ts) - Date.parse(call.ts)) / 1000;
+    if (Number.isFinite(took) && took >= 0) toolSeconds.set(call.id, took);
     call.slot.className = "result" + (error ? " error" : "");
     call.slot.replaceChildren(
       el("span", { class: "label", title: record.ts || "" }, error ? "error" : "result"),
+      toolSeconds.has(call.id) ? el("span", { class: "took" }, " after " + seconds(took)) : null,
       body(d.content, error ? "error" : "result", { open: error }) || el("span", { class: "muted" }, " (empty)"),
     );
     if (error && call.node) call.node.classList.add("error");
@@ -309,7 +314,7 @@
     document.getElementById("count").textContent = `(${items.length} events)`;
     const rows = new Map();
     const row = (name) => {
-      if (!rows.has(name)) rows.set(name, { calls: 0, errors: 0, cost: 0, tin: 0, tout: 0 });
+      if (!rows.has(name)) rows.set(name, { calls: 0, errors: 0, time: 0, cost: 0, tin: 0, tout: 0 });
       return rows.get(name);
     };
     let prev = { cost: 0, tin: 0, tout: 0 };
@@ -319,6 +324,7 @@
       const d = record.data || {};
       if (record.type === "task:tool_call") {
         row(String(d.name ?? "?")).calls += 1;
+        row(String(d.name ?? "?")).time += toolSeconds.get(record.id) || 0;
         since.push(String(d.name ?? "?"));
       } else if (record.type === "task:tool_result" && truthy(d.is_error)) {
         row(String(d.name ?? "?")).errors += 1;
@@ -350,7 +356,7 @@
       el(
         "table",
         { class: "breakdown" },
-        el("thead", {}, el("tr", {}, ["Tool", "Calls", "Errors", "Cost*", "Tokens in*", "Tokens out*"].map((h, i) => el("th", { class: i ? "num" : "" }, h)))),
+        el("thead", {}, el("tr", {}, ["Tool", "Calls", "Errors", "Time", "Cost*", "Tokens in*", "Tokens out*"].map((h, i) => el("th", { class: i ? "num" : "" }, h)))),
         el(
           "tbody",
           {},
@@ -361,6 +367,7 @@
               el("td", {}, name),
               el("td", { class: "num" }, r.calls),
               el("td", { class: "num" }, r.errors),
+              el("td", { class: "num" }, seconds(r.time)),
               el("td", { class: "num" }, m(r.cost, usd)),
               el("td", { class: "num" }, m(Math.round(r.tin), count)),
               el("td", { class: "num" }, m(Math.round(r.tout), count)),
