@@ -267,3 +267,21 @@ def test_a_task_page_opened_before_the_task_exists_waits_for_it(visit: Visit, we
     unsafe = page.goto("/t/.hidden")
     assert unsafe is not None and unsafe.status == 400
     expect(page.locator("p.error")).to_contain_text("Not a valid task id")
+
+
+def test_the_list_filters_by_url_and_pages_with_load_more(visit: Visit, web_publisher: Publisher) -> None:
+    source = f"bulk{uuid.uuid4().hex[:6]}"
+    for n in range(55):
+        data = {"source": source, "assigned_agent": "triage", "input_message": f"item {n}"}
+        web_publisher.event("task:created", task_id=f"{source}-{n:02d}", timestamp=now(), data=data)
+    page = visit.page
+
+    page.goto(f"/?source={source}&sort=created_at")
+    expect(page.locator("#tasks tbody tr")).to_have_count(50)
+    expect(page.locator('input[name="source"]')).to_have_value(source)
+    assert page.locator("#tasks tbody tr").first.get_attribute("data-task-id") == f"{source}-00"
+    page.click("#more")
+
+    expect(page.locator("#tasks tbody tr")).to_have_count(55)
+    expect(page.locator("#more")).to_be_hidden()
+    assert page.locator("#tasks tbody tr").last.get_attribute("data-task-id") == f"{source}-54"
