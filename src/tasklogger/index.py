@@ -362,7 +362,8 @@ def build_query(query: Query, *, walk: bool = False) -> tuple[str, list[Any]]:
     return sql, params
 
 
-_TOKEN = re.compile(r'[^\s"]+\*?')
+#: A word of a search: no spaces, quotes or control characters (FTS5 cannot take a NUL inside a string).
+_TOKEN = re.compile(r'[^\s"\x00-\x1f\x7f]+\*?')
 
 
 def fts_query(text: str) -> str:
