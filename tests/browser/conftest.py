@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,19 @@ from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expec
 
 from tests.support import Publisher, RedisProcess, ServiceProcess
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+#: Where the README's screenshots live; the tests rewrite them only when TASKLOGGER_UPDATE_SCREENSHOTS=1, so a
+#: plain test run leaves the working tree clean.
+DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    """The directory the screenshot test writes to: docs/screenshots when updating them, else a temp dir."""
+    if os.environ.get("TASKLOGGER_UPDATE_SCREENSHOTS") == "1":
+        DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return DOCS_SCREENSHOTS
+    return tmp_path
+
 
 # The 2-core CI box also runs the service and redis-server: give each expectation room (the default is 5 s).
 expect.set_options(timeout=15_000)

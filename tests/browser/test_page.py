@@ -17,7 +17,7 @@ import redis
 from playwright.sync_api import Browser, expect
 
 from tasklogger import demo
-from tests.browser.conftest import SCREENSHOTS, Visit
+from tests.browser.conftest import Visit
 from tests.support import Publisher, RedisProcess, ServiceProcess, wait_until
 
 #: Untrusted text that would run if the page ever inserted task data as HTML.
@@ -180,7 +180,7 @@ def test_new_tasks_and_status_changes_appear_in_the_list_without_reload(visit: V
     assert len(navigations) == 1, navigations
 
 
-def test_screenshots_of_a_demo(visit: Visit, web_redis: RedisProcess, tmp_path: Path) -> None:
+def test_screenshots_of_a_demo(visit: Visit, web_redis: RedisProcess, tmp_path: Path, screenshots: Path) -> None:
     """The README's screenshots: the list and a task of ``tasklogger demo`` alone, at a laptop's screen size."""
     # A database of its own, so that only the demo's tasks are in the pictures.
     url = web_redis.url.removesuffix("/0") + "/1"
@@ -196,20 +196,20 @@ def test_screenshots_of_a_demo(visit: Visit, web_redis: RedisProcess, tmp_path: 
         wait_until(lambda: (service.get(f"/tasks/{github}/logs")[1] or {}).get("final_result") is not None)
         page = visit.page
         base = f"http://127.0.0.1:{service.port}"
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
         page.goto(f"{base}/")
         for script in batch:
             expect(page.locator(f'tr[data-task-id="{script.task_id}"] .badge')).not_to_have_text("running")
-        page.screenshot(path=str(SCREENSHOTS / "task-list.png"))
+        page.screenshot(path=str(screenshots / "task-list.png"))
         page.goto(f"{base}/t/{github}")
         expect(page.locator("#status")).to_have_text("completed")
         expect(page.locator("#tools table")).to_be_visible()
-        page.screenshot(path=str(SCREENSHOTS / "task-view.png"))
+        page.screenshot(path=str(screenshots / "task-view.png"))
         page.locator('#timeline > li[data-type="task:tool_call"]').nth(3).scroll_into_view_if_needed()
         # Items off screen are laid out lazily (content-visibility): let two frames draw the new ones.
         page.evaluate("new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
-        page.screenshot(path=str(SCREENSHOTS / "task-timeline.png"))
+        page.screenshot(path=str(screenshots / "task-timeline.png"))
+        assert all((screenshots / name).stat().st_size > 10_000 for name in ("task-list.png", "task-view.png"))
         assert [u for u in visit.requests if not u.startswith(base) and not u.startswith(visit.base_url)] == []
         assert visit.errors == []
     finally:
