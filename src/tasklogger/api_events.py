@@ -101,6 +101,8 @@ async def _events(
             try:
                 task = TaskDir(settings.logs_dir, task_id)
             except TaskNotFound:
+                if await request.is_disconnected():
+                    return
                 continue
         follower = _Follower(task, resume)
         while True:

@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any
 
 import redis
 import structlog
@@ -111,7 +112,10 @@ def run(settings: Settings, *, consume: bool = True, serve_api: bool = True) -> 
                 )  # fmt: skip
                 # uvicorn handles SIGTERM/SIGINT while it serves, then restores our handlers and raises the
                 # signal again: ours only sets ``stop``, so the batch in hand is still finished below.
-                uvicorn.Server(config).run()
+                server = uvicorn.Server(config)
+                # A signal that came before uvicorn installed its own handlers only set ``stop``: end it then too.
+                threading.Thread(target=_exit_on, args=(stop, server), name="stop-watch", daemon=True).start()
+                server.run()
             else:
                 while not stop.wait(0.5):
                     pass
@@ -153,6 +157,11 @@ def _commit_hooks(
             indexer.submit(result)
 
     return indexer, metrics, on_commit
+
+
+def _exit_on(stop: threading.Event, server: Any) -> None:
+    stop.wait()
+    server.should_exit = True
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
