@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -91,8 +92,27 @@ def version() -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: a usage error is one line on stderr and exit status 2, like every other error."""
+    try:
+        status = app(standalone_mode=False)  # without standalone mode, an Exit comes back as its status
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except typer.Abort:
+        print("tasklogger: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as exc:
+        # Usage errors come from the click that typer carries; they all say what is wrong in one message.
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            raise SystemExit(0) from None  # ``tasklogger`` alone: the help was printed
+        message = getattr(exc, "format_message", None)
+        if message is None or not isinstance(getattr(exc, "exit_code", None), int):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        print(f"tasklogger: {' '.join(str(message()).split())}{where}", file=sys.stderr)
+        raise SystemExit(2) from None
+    raise SystemExit(status if isinstance(status, int) else 0)
 
 
+from . import cli_audit as _cli_audit  # noqa: E402, F401  (registers verify, export and keygen on ``app``)
 from . import cli_client  # noqa: E402, F401  (registers the client commands on ``app``)

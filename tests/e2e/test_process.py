@@ -140,6 +140,23 @@ def test_version() -> None:
     assert result.stderr == ""
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--no-such-option"], "No such option: --no-such-option"),
+        (["no-such-command"], "No such command 'no-such-command'"),
+        (["show"], "Missing argument 'TASK'"),
+        (["tasks", "--limit", "many"], "Invalid value for '--limit'"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args: list[str], says: str) -> None:
+    result = _run(dict(os.environ), *args)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tasklogger: ") and says in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and "╭" not in result.stderr
+
+
 def test_a_second_serve_on_the_same_logs_dir_exits_with_one_line(
     redis_url: str, client: redis.Redis, tmp_path: Path
 ) -> None:
