@@ -11,6 +11,7 @@ scans every task directory first, so nothing is missed.
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ from typing import IO
 import orjson
 import structlog
 
+from . import index
 from .indexer import PASS_INTERVAL_S, Indexer, IndexerStats
 from .logs import configure
 from .store import CommitResult
@@ -76,6 +78,13 @@ class IndexerProcess:
 
     def start(self) -> IndexerProcess:
         """Start the child and the feeder thread."""
+        # Opened here first, so that the API finds a usable (perhaps still filling) index from its first request;
+        # a corrupt one is moved aside now, before anything reads it.
+        try:
+            conn, _ = index.open_writer(self.path)
+            conn.close()
+        except (OSError, sqlite3.Error) as exc:
+            log.error("task index cannot be opened; the indexer process keeps trying", error=str(exc))
         self._spawn()
         self._feeder = threading.Thread(target=self._feed, name="index-feeder", daemon=True)
         self._feeder.start()
