@@ -197,3 +197,23 @@ def _gone(process: psutil.Process) -> bool:
         return process.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def test_without_an_index_tasks_is_503_and_a_summary_comes_from_the_files(
+    publisher: Publisher, redis_url: str, logs_dir: Path
+) -> None:
+    proc = ServiceProcess(logs_dir, redis_url, env={"TASKLOGGER_INDEX": "0"}).start()
+    try:
+        publish_tasks(publisher, "n", 1, outputs=4)
+        wait_until(lambda: group_drained(publisher.client), what="drained")
+
+        listing = request(proc.port, "/tasks")
+        summary = request(proc.port, "/tasks/n-0")
+
+        assert listing.status == 503 and "not built" in listing.json()["detail"]
+        assert summary.status == 200
+        body = summary.json()
+        assert body["status"] == "completed" and body["events"]["agent_output"] == 6 and body["cost_usd"] == 0.0
+        assert not index_file(logs_dir).exists()
+    finally:
+        proc.kill()
