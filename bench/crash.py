@@ -6,7 +6,8 @@ time, let it drain, then check the logs directory against the stream:
 - each JSONL file holds whole lines only (``torn``), in stream order (``misordered``), and its hash chain verifies
   from the genesis of its path (``broken_chains``);
 - every JSON view parses (``bad_json``) and names the entry that last changed it (``bad_views``);
-- nothing was dead-lettered (the workload has no bad entries), nothing is pending in the group, its lag is 0.
+- nothing was dead-lettered (the workload has no bad entries), nothing is pending in the group, its lag is 0;
+- ``tasklogger verify`` exits 0 on the directory: every chain, digest and checkpoint holds (``audit``).
 
     python bench/crash.py --kills 50 --events 60000      # by hand; exit status 1 if any count is not 0
     (tests/e2e/test_crash.py runs it small)
@@ -21,6 +22,7 @@ import argparse
 import json
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -63,11 +65,12 @@ class Report:
     bad_views: int = 0
     dead_letters: int = 0
     lag: int = 0
+    audit: int = 0
     files: int = 0
     problems: list[str] = field(default_factory=list)
 
     FAILURES = ("lost", "duplicated", "torn", "misordered", "broken_chains", "stuck_pending", "wrong_file",
-                "corrupt", "bad_json", "bad_views", "dead_letters", "lag")  # fmt: skip
+                "corrupt", "bad_json", "bad_views", "dead_letters", "lag", "audit")  # fmt: skip
 
     @property
     def ok(self) -> bool:
@@ -105,6 +108,8 @@ def check(
     for path in sorted(p for p in logs_dir.rglob("*.jsonl") if p.is_file()):
         report.files += 1
         rel = path.relative_to(logs_dir).as_posix()
+        if rel.endswith("/05-digests.jsonl") or rel == f"{STATE_DIR}/checkpoints.jsonl":
+            continue  # the audit trail's own records: checked by tasklogger verify below
         for entry_id, body in _check_jsonl(rel, path.read_bytes(), report):
             found[entry_id].append(rel)
             if rel == DEAD_LETTERS:
@@ -129,7 +134,18 @@ def check(
 
     _check_views(logs_dir, published, report)
     _check_group(client, stream, group, report)
+    _check_audit(logs_dir, report)
     return report
+
+
+def _check_audit(logs_dir: Path, report: Report) -> None:
+    """``tasklogger verify`` on the directory, as an auditor would run it: kill -9 and torn-tail repair must
+    leave every chain intact and every ended task sealed."""
+    verify = [sys.executable, "-m", "tasklogger", "verify", "--logs-dir", str(logs_dir)]
+    result = subprocess.run(verify, capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        for line in (result.stdout + result.stderr).splitlines()[-20:]:
+            report.problem("audit", f"verify exit {result.returncode}: {line}")
 
 
 def _check_jsonl(rel: str, data: bytes, report: Report) -> list[tuple[str, dict[str, Any]]]:

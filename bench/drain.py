@@ -41,6 +41,8 @@ def records_on_disk(logs_dir: Path) -> int:
     """How many JSONL records the logs directory holds (task files, webhook buffers and dead letters)."""
     total = 0
     for path in logs_dir.rglob("*.jsonl"):
+        if path.name in ("05-digests.jsonl", "checkpoints.jsonl"):
+            continue  # the audit trail's digests and checkpoints, not events
         with path.open("rb") as f:
             while chunk := f.read(1 << 20):
                 total += chunk.count(b"\n")

@@ -28,12 +28,16 @@ def chain(logs_dir: Path, rel: str) -> list[dict[str, Any]]:
     return bodies
 
 
+#: The audit trail's own chained files hold digests and checkpoints, not events; ``tasklogger verify`` checks them.
+AUDIT_FILES = frozenset({"05-digests.jsonl", "checkpoints.jsonl"})
+
+
 def records_on_disk(logs_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every JSONL file's records (relative path -> bodies), each chain checked on the way."""
+    """Every JSONL file's event records (relative path -> bodies), each chain checked on the way."""
     return {
         p.relative_to(logs_dir).as_posix(): chain(logs_dir, p.relative_to(logs_dir).as_posix())
         for p in sorted(logs_dir.rglob("*.jsonl"))
-        if p.is_file()
+        if p.is_file() and p.name not in AUDIT_FILES
     }
 
 

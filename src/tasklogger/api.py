@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from . import __version__, api_events, api_tasks, auth, web
 from .api_models import Health, Liveness, MetricsJson
+from .audit.http import router as audit_router
 from .config import Settings
 from .consumer import Consumer
 from .index import IndexUnavailable, Reader
@@ -100,6 +101,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(auth.router(settings.api_token))
     app.include_router(api_tasks.router(settings, reader, integrity))
     app.include_router(api_events.router(settings))
+    app.include_router(audit_router(runtime))  # GET /tasks/{id}/export
     app.include_router(web.router(runtime))
     return app
 

@@ -17,6 +17,7 @@ from typing import Any
 import redis
 import structlog
 
+from .audit.checkpoints import Checkpointer
 from .config import Settings
 from .consumer import Consumer
 from .embedded import EmbeddedRedis
@@ -60,6 +61,13 @@ def redis_url(settings: Settings) -> Iterator[str]:
 def open_store(settings: Settings) -> Store:
     """Open the logs directory for writing, or raise ConfigError naming it."""
     store = Store(settings.logs_dir, fsync_threads=settings.fsync_threads, sync_mode=settings.sync_mode)
+    if settings.signing_key is not None:
+        from .audit.signing import KeyFileError, load_signer  # cryptography only when a key is configured
+
+        try:
+            store.audit.signer = load_signer(settings.signing_key)
+        except KeyFileError as exc:
+            raise ConfigError(str(exc)) from None
     try:
         store.open()
         probe = settings.state_dir / ".write-probe"
@@ -81,12 +89,14 @@ def run(settings: Settings, *, consume: bool = True, serve_api: bool = True) -> 
         consumer = None
         stop = threading.Event()
         thread = None
+        checkpointer = None
         indexer, metrics, on_commit = _commit_hooks(settings, consume=store is not None, serve_api=serve_api)
         if store is not None:
             name = settings.consumer_name or store.consumer_name()
             consumer = Consumer(settings, client, store, name, on_commit=on_commit)
             thread = threading.Thread(target=consumer.run, args=(stop,), name="consumer", daemon=True)
             thread.start()
+            checkpointer = Checkpointer(store.audit, settings.checkpoint_interval_s).start()
             log.info(
                 "consuming",
                 stream=settings.stream,
@@ -101,10 +111,12 @@ def run(settings: Settings, *, consume: bool = True, serve_api: bool = True) -> 
                 import uvicorn
 
                 from .api import Runtime, create_app
+                from .audit.http import integrity_state
 
                 # The API's own client answers probes quickly even when Redis hangs (SIGSTOP, overload).
                 runtime = Runtime(settings, redis_client(url, settings, timeout_s=1.0), consumer)
                 runtime.indexer, runtime.metrics = indexer, metrics
+                runtime.integrity = integrity_state
                 app = create_app(runtime)
                 config = uvicorn.Config(
                     app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
@@ -125,6 +137,8 @@ def run(settings: Settings, *, consume: bool = True, serve_api: bool = True) -> 
                 thread.join(STOP_GRACE_S)
                 if thread.is_alive():
                     log.error("consumer did not stop in time; its unacknowledged entries will be redelivered")
+            if checkpointer is not None:
+                checkpointer.stop()  # the shutdown checkpoint, after the last batch
             if store is not None:
                 store.close()
             if indexer is not None:

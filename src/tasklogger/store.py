@@ -34,6 +34,8 @@ import orjson
 import structlog
 
 from . import records
+from .audit.checkpoints import AuditLog
+from .audit.digests import Sealed, seal_batch
 from .config import STATE_DIR_NAME
 from .errors import AlreadyRunning, BadEntry, DiskError, os_failure
 from .fsio import (
@@ -187,6 +189,8 @@ class Store:
         self._lock_fd = -1
         #: The batch being built (at most one); a sealed batch may still be committing meanwhile.
         self._batch: Batch | None = None
+        #: The audit trail's state: signer, heads moved since the last checkpoint (docs/audit.md).
+        self.audit = AuditLog(logs_dir)
         #: Files of the sealed batch being committed: never recovered from disk (half written) until it is done.
         self._inflight: dict[tuple[DirKey, str], JsonlFile] = {}
 
@@ -439,6 +443,10 @@ class Batch:
         self.markers: dict[str, str] = {}
         self.unlinks: list[tuple[DirKey, str]] = []
         self.result = CommitResult()
+        #: Tasks the batch touched, duplicates included: each is (re)sealed if it has ended and changed.
+        self.touched: set[str] = set()
+        #: Digests this batch wrote (for the checkpoint chain).
+        self.digests: list[Sealed] = []
         #: (file, bytes to append, head after them), fixed by ``seal``.
         self.sealed: list[tuple[JsonlFile, bytes, Head]] = []
 
@@ -457,6 +465,8 @@ class Batch:
     def apply(self, event: Event, ops: list[Op]) -> bool:
         """Add an event's operations; returns False (and changes nothing) if the event is already stored."""
         primary = next(op for op in ops if isinstance(op, Append))
+        if isinstance(primary.target, TaskFile):
+            self.touched.add(primary.target.task_id)
         if self._is_stored(primary):
             for op in ops:
                 if isinstance(op, AdoptWebhook):
@@ -622,6 +632,7 @@ class Batch:
                     self._write_markers()  # after the records they route are fsynced
                     store._syncer.fsync_all(self._fds_of(self.sync_dirs))
                     self.result.sync_seconds = time.perf_counter() - started
+                self.digests = seal_batch(self)  # once the records are durable, before the XACK
             except BaseException as exc:
                 # Whatever failed (the disk, or a task directory swapped for a symlink since it was cached),
                 # nothing of this batch counts as stored: cut the appends back (finish forgets every cached head).
@@ -658,6 +669,7 @@ class Batch:
                 f.head = replace(head)  # a batch built on top of this one was aborted (it reset to the old head)
             if not f.adopted:
                 store._files.put((f.dir_key, f.name), f)
+        store.audit.note_commit(self)
 
     def abort(self) -> None:
         """Forget the batch (after an error while building it): nothing was written."""

@@ -119,9 +119,10 @@ def test_task_list_filters_search_sort_and_summary(service: ServiceProcess, pub:
         "status": "completed", "created_at": "2026-02-01T10:00:00.000Z", "finished_at": "2026-02-01T10:00:00.000Z",
         "duration_seconds": 42.5, "cost_usd": 0.75, "input_tokens": 1200, "output_tokens": 300, "exit_code": 0,
         "error": None, "message": "fix the flaky login test",
-        "events": {"webhook_flow": 0, "agent_output": 3, "user_inputs": 0, "total": 3}, "integrity": None,
+        "events": {"webhook_flow": 0, "agent_output": 3, "user_inputs": 0, "total": 3},
     }  # fmt: skip
     assert {k: summary[k] for k in expected} == expected
+    assert summary["integrity"]["sealed"] is True and len(summary["integrity"]["digest"]) == 64  # docs/audit.md
     assert summary["first_entry_id"] < summary["last_entry_id"]
     failed = get(service, "/tasks/ls-b")
     assert failed["status"] == "failed" and failed["error"] == "quota exceeded on the billing account"

@@ -140,7 +140,13 @@ def test_every_bad_entry_is_dead_lettered_once_and_the_consumer_moves_on(
     assert {p for p in tree if "/" not in p} == {".tasklogger", GOOD_TASK}, sorted(tree)
     assert {p for p in tree if p.startswith(f"{GOOD_TASK}/")} == {
         f"{GOOD_TASK}/{name}"
-        for name in ("metadata.json", "01-input.json", "03-agent-output.jsonl", "04-final-result.json")
+        for name in (
+            "metadata.json",
+            "01-input.json",
+            "03-agent-output.jsonl",
+            "04-final-result.json",
+            "05-digests.jsonl",  # the task ended: sealed
+        )
     }
     state = {p for p in tree if p.startswith(".tasklogger/")}
     assert state <= {".tasklogger/dead-letters.jsonl", ".tasklogger/consumer-name", ".tasklogger/lock"}, sorted(state)

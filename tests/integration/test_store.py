@@ -103,7 +103,7 @@ def test_group_commit_writes_every_file_of_the_batch_at_commit(store: Store, log
     assert ids(logs_dir, f"t-b/{AGENT}") == ["102-0", "107-0"]
     assert ids(logs_dir, f"t-b/{USER}") == ["104-0"]
     assert sorted(p.name for p in (logs_dir / "t-a").iterdir()) == sorted(
-        ["metadata.json", "01-input.json", FLOW, AGENT, "04-final-result.json"]
+        ["metadata.json", "01-input.json", FLOW, AGENT, "04-final-result.json", "05-digests.jsonl"]  # ended: sealed
     )
     for path in (logs_dir / "t-a").glob("*.json"):
         json.loads(path.read_bytes())  # every view is complete, valid JSON
