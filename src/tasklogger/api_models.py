@@ -28,6 +28,8 @@ class Integrity(BaseModel):
     sealed: bool
     digest: str | None = None
     sealed_at: str | None = None
+    digests: int = Field(default=0, description="digests written for the task; more than one: resealed")
+    damaged: bool = Field(default=False, description="the last digest line does not parse (run tasklogger verify)")
 
 
 class TaskSummary(BaseModel):

@@ -632,7 +632,7 @@ class Batch:
                     self._write_markers()  # after the records they route are fsynced
                     store._syncer.fsync_all(self._fds_of(self.sync_dirs))
                     self.result.sync_seconds = time.perf_counter() - started
-                self.digests = seal_batch(self)  # once the records are durable, before the XACK
+                    self.digests = seal_batch(self)  # once the records are durable, before the XACK
             except BaseException as exc:
                 # Whatever failed (the disk, or a task directory swapped for a symlink since it was cached),
                 # nothing of this batch counts as stored: cut the appends back (finish forgets every cached head).
@@ -699,9 +699,10 @@ class Batch:
         return fd
 
     def _commit_with_syncfs(self) -> None:
-        """The same three steps, each made durable by one syncfs of the whole filesystem: the views before the
-        records that would make their redelivery a skipped duplicate, the records before the mappings that route
-        later steps past them. New files, renames and directory entries are covered by the same calls."""
+        """The same steps, each made durable by one syncfs of the whole filesystem: the views before the records
+        that would make their redelivery a skipped duplicate, the records before the mappings that route later
+        steps past them and before the digests that seal them. New files, renames and directory entries are
+        covered by the same calls."""
         root = self.store._root_fd
         sync_seconds = 0.0
         if self.json:
@@ -709,10 +710,13 @@ class Batch:
             sync_seconds += _timed(syncfs, root)
         self._append_records(synced=False)
         sync_seconds += _timed(syncfs, root)
-        if self.markers:
-            self._write_markers()
+        self._write_markers()
+        # If that last sync fails, the batch is cut back and written again from its redelivery: the same bytes
+        # (the encoding is deterministic), so a digest that reached the disk still describes them.
+        self.digests = seal_batch(self, durable=False)
+        if self.markers or self.digests:
             sync_seconds += _timed(syncfs, root)
-        self.result.sync_seconds = sync_seconds
+        self.result.sync_seconds += sync_seconds
 
     def _write_json_views(self, *, synced: bool = True) -> None:
         """Temp file, fsync, rename: a reader or a crash sees the old view or the new one, never a mix."""

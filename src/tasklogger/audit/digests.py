@@ -132,12 +132,13 @@ class Sealed:
     max_id: str
 
 
-def seal_batch(batch: Batch) -> list[Sealed]:
+def seal_batch(batch: Batch, *, durable: bool = True) -> list[Sealed]:
     """Seal (or reseal) every task the batch touched, duplicates included, whose final result exists and whose files
-    differ from its last digest; the digests are durable when this returns.
+    differ from its last digest; the digests are durable when this returns (with ``durable=False``, syncfs mode
+    only, the caller's next syncfs, which also covers the webhook mappings, makes them durable).
 
-    Called by the commit once the batch's records, views and mappings are durable and before it is acknowledged: a
-    crash before a digest is durable leaves the entry unacknowledged, and its redelivery (a skipped duplicate) still
+    Called by the commit once the batch's records and views are durable and before it is acknowledged: a crash
+    before a digest is durable leaves the entry unacknowledged, and its redelivery (a skipped duplicate) still
     touches the task, so the seal is decided from the files on disk, never from "this batch wrote the end event".
     It reads only the disk (which holds exactly this batch's state: commits are written one at a time) and the
     digest files, which nothing else writes, so it may run while the next batch is being built.
@@ -151,7 +152,7 @@ def seal_batch(batch: Batch) -> list[Sealed]:
                 planned.append(plan)
         if planned:
             started = time.perf_counter()
-            _write_durably(store, planned)
+            _write_durably(store, planned, durable=durable)
             batch.result.sync_seconds += time.perf_counter() - started
     except BaseException:
         for dir_fd, _name, _line, size, _sealed in planned:
@@ -241,11 +242,12 @@ def _truncate(dir_fd: int, size: int) -> None:
         os.close(fd)
 
 
-def _write_durably(store: Store, planned: list[tuple[int, str, bytes, int, Sealed]]) -> None:
+def _write_durably(store: Store, planned: list[tuple[int, str, bytes, int, Sealed]], *, durable: bool) -> None:
     if store.fs_sync:
         for dir_fd, _task, line, _size, _sealed in planned:
             write_file(dir_fd, DIGESTS, APPEND_FLAGS, line)
-        syncfs(store._root_fd)  # one call covers the data and any new digest file's directory entry
+        if durable:
+            syncfs(store._root_fd)  # one call covers the data and any new digest file's directory entry
         return
     jobs: list[Callable[[], None]] = [
         partial(write_synced, dir_fd, DIGESTS, APPEND_FLAGS, line) for dir_fd, _task, line, _size, _sealed in planned
