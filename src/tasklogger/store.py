@@ -58,8 +58,11 @@ from .wire import Event
 log = structlog.get_logger(__name__)
 
 DirKey = tuple[str, ...]
-#: How a batch is made durable: ``fs`` one syncfs per step, ``file`` an fsync per file, ``auto`` by filesystem.
+#: How a batch is made durable: ``fs`` one syncfs per step, ``file`` an fsync per file, ``auto`` syncfs for batches
+#: of many files on filesystems where it is a full flush, fsync per file otherwise.
 SyncMode = Literal["auto", "fs", "file"]
+#: In ``auto`` mode, a batch touching fewer files than this is fsynced file by file even where syncfs is allowed.
+SYNCFS_MIN_FILES = 8
 STATE_DIR: DirKey = (STATE_DIR_NAME,)
 WEBHOOKS_DIR = "webhooks"
 QUARANTINE_DIR = "quarantine"
@@ -447,6 +450,8 @@ class Batch:
         self.touched: set[str] = set()
         #: Digests this batch wrote (for the checkpoint chain).
         self.digests: list[Sealed] = []
+        #: Whether ``write`` makes this batch durable with syncfs (else an fsync per file and directory).
+        self.syncfs = False
         #: (file, bytes to append, head after them), fixed by ``seal``.
         self.sealed: list[tuple[JsonlFile, bytes, Head]] = []
 
@@ -624,7 +629,12 @@ class Batch:
         started = time.perf_counter()
         try:
             try:
-                if store.fs_sync:
+                # A syncfs also waits for whatever else is dirty on the filesystem (the index, other writers): worth
+                # it for a drain's hundred files per batch, not for a live batch of a few.
+                self.syncfs = store.sync_mode == "fs" or (
+                    store.fs_sync and len(self.sealed) + len(self.json) >= SYNCFS_MIN_FILES
+                )
+                if self.syncfs:
                     self._commit_with_syncfs()
                 else:
                     self._write_json_views()
@@ -791,7 +801,7 @@ class Batch:
                 dirs.add(key)
             except FileNotFoundError:
                 pass
-        if not self.store.fs_sync:  # with syncfs, the next batch's sync covers the removals
+        if not self.syncfs:  # with syncfs, the next batch's sync covers the removals
             self.store._syncer.fsync_all(self._fds_of(dirs))
 
     def _undo_appends(self) -> None:

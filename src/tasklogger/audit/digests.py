@@ -152,7 +152,7 @@ def seal_batch(batch: Batch, *, durable: bool = True) -> list[Sealed]:
                 planned.append(plan)
         if planned:
             started = time.perf_counter()
-            _write_durably(store, planned, durable=durable)
+            _write_durably(store, planned, durable=durable, batch_syncfs=batch.syncfs)
             batch.result.sync_seconds += time.perf_counter() - started
     except BaseException:
         for dir_fd, _name, _line, size, _sealed in planned:
@@ -242,8 +242,10 @@ def _truncate(dir_fd: int, size: int) -> None:
         os.close(fd)
 
 
-def _write_durably(store: Store, planned: list[tuple[int, str, bytes, int, Sealed]], *, durable: bool) -> None:
-    if store.fs_sync:
+def _write_durably(
+    store: Store, planned: list[tuple[int, str, bytes, int, Sealed]], *, durable: bool, batch_syncfs: bool
+) -> None:
+    if batch_syncfs:
         for dir_fd, _task, line, _size, _sealed in planned:
             write_file(dir_fd, DIGESTS, APPEND_FLAGS, line)
         if durable:
