@@ -264,3 +264,23 @@ class ServiceProcess:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@contextmanager
+def running_redis(directory: Path) -> Iterator[RedisProcess]:
+    """A private redis-server for the duration of the block (a module fixture's body)."""
+    proc = RedisProcess(directory).start()
+    try:
+        yield proc
+    finally:
+        proc.kill()
+
+
+@contextmanager
+def running_service(logs_dir: Path, redis_url: str, **kwargs: Any) -> Iterator[ServiceProcess]:
+    """A ``tasklogger serve`` process for the duration of the block, killed at its end."""
+    proc = ServiceProcess(logs_dir, redis_url, **kwargs).start()
+    try:
+        yield proc
+    finally:
+        proc.kill()

@@ -14,6 +14,28 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+_TAIL_CHUNK = 64 * 1024
+
+
+def end_of_whole_lines(fd: int, end: int) -> int:
+    """Offset just past the last newline before ``end`` (0 if none): where the line that ``end`` is in starts, and
+    the size of a file's part made of whole lines when ``end`` is its size."""
+    while end > 0:
+        start = max(0, end - _TAIL_CHUNK)
+        pos = os.pread(fd, end - start, start).rfind(b"\n")
+        if pos >= 0:
+            return start + pos + 1
+        end = start
+    return 0
+
+
+def exists_at(dir_fd: int, name: str) -> bool:
+    """Whether ``name`` exists in ``dir_fd`` (a symlink counts, and is not followed)."""
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def write_all(fd: int, data: bytes) -> None:

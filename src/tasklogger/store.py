@@ -44,6 +44,7 @@ from .fsio import (
     READ_FLAGS,
     SYNCFS_TYPES,
     Syncer,
+    end_of_whole_lines,
     filesystem_type,
     open_dir,
     read_file,
@@ -67,7 +68,6 @@ STATE_DIR: DirKey = (STATE_DIR_NAME,)
 WEBHOOKS_DIR = "webhooks"
 QUARANTINE_DIR = "quarantine"
 DEAD_LETTERS = "dead-letters.jsonl"
-_TAIL_CHUNK = 64 * 1024
 _ID_RE = re.compile(rb'^\{"seq":\d+,"id":"([^"\\]+)"', re.MULTILINE)
 
 
@@ -332,9 +332,9 @@ class Store:
             return JsonlFile(key, name, empty, exists=False)
         try:
             size = os.fstat(fd).st_size
-            valid_end = _after_last_newline(fd, size)
+            valid_end = end_of_whole_lines(fd, size)
             while valid_end > 0:
-                line_start = _after_last_newline(fd, valid_end - 1)
+                line_start = end_of_whole_lines(fd, valid_end - 1)
                 line = os.pread(fd, valid_end - line_start, line_start)
                 try:
                     last = records.parse_line(line)
@@ -840,18 +840,6 @@ def _timed(fn: Callable[[int], None], arg: int) -> float:
     started = time.perf_counter()
     fn(arg)
     return time.perf_counter() - started
-
-
-def _after_last_newline(fd: int, end: int) -> int:
-    """Offset just past the last newline before ``end`` (0 if none): where the line that ``end`` is in starts."""
-    while end > 0:
-        start = max(0, end - _TAIL_CHUNK)
-        chunk = os.pread(fd, end - start, start)
-        pos = chunk.rfind(b"\n")
-        if pos >= 0:
-            return start + pos + 1
-        end = start
-    return 0
 
 
 def _lines_with_offsets(content: bytes) -> Iterator[tuple[int, bytes]]:

@@ -12,7 +12,7 @@ import pytest
 import redis
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
 
-from tests.support import Publisher, RedisProcess, ServiceProcess
+from tests.support import Publisher, RedisProcess, ServiceProcess, running_redis, running_service
 
 #: Where the README's screenshots live; the tests rewrite them only when TASKLOGGER_UPDATE_SCREENSHOTS=1, so a
 #: plain test run leaves the working tree clean.
@@ -78,16 +78,14 @@ class Visit:
 
 @pytest.fixture(scope="module")
 def web_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    proc = RedisProcess(tmp_path_factory.mktemp("web-redis")).start()
-    yield proc
-    proc.kill()
+    with running_redis(tmp_path_factory.mktemp("web-redis")) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
 def web_service(web_redis: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    service = ServiceProcess(tmp_path_factory.mktemp("web") / "logs", web_redis.url).start()
-    yield service
-    service.kill()
+    with running_service(tmp_path_factory.mktemp("web") / "logs", web_redis.url) as service:
+        yield service
 
 
 @pytest.fixture

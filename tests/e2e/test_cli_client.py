@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Publisher, RedisProcess, ServiceProcess, free_port, wait_until
+from tests.support import Publisher, RedisProcess, ServiceProcess, free_port, running_redis, running_service, wait_until
 
 TOKEN = "cli-token-0123456789abcdef"
 
@@ -38,16 +38,14 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.fixture(scope="module")
 def cli_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    proc = RedisProcess(tmp_path_factory.mktemp("cli-redis")).start()
-    yield proc
-    proc.kill()
+    with running_redis(tmp_path_factory.mktemp("cli-redis")) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
 def service(cli_redis: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    proc = ServiceProcess(tmp_path_factory.mktemp("cli") / "logs", cli_redis.url).start()
-    yield proc
-    proc.kill()
+    with running_service(tmp_path_factory.mktemp("cli") / "logs", cli_redis.url) as proc:
+        yield proc
 
 
 @pytest.fixture

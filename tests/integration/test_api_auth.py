@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.http_helpers import open_sse, request
-from tests.support import Publisher, RedisProcess, ServiceProcess, group_drained, wait_until
+from tests.support import Publisher, RedisProcess, ServiceProcess, group_drained, running_redis, wait_until
 
 TOKEN = "s3cret-token-for-the-tests-0123"
 PROTECTED = [
@@ -29,9 +29,8 @@ PROTECTED = [
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    proc = RedisProcess(tmp_path_factory.mktemp("redis-auth")).start()
-    yield proc
-    proc.kill()
+    with running_redis(tmp_path_factory.mktemp("redis-auth")) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

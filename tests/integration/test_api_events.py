@@ -12,21 +12,27 @@ from collections.abc import Iterator
 import pytest
 
 from tests.integration.http_helpers import SseEvent, open_sse, request
-from tests.support import Publisher, RedisProcess, ServiceProcess, group_drained, wait_until
+from tests.support import (
+    Publisher,
+    RedisProcess,
+    ServiceProcess,
+    group_drained,
+    running_redis,
+    running_service,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    proc = RedisProcess(tmp_path_factory.mktemp("redis-sse")).start()
-    yield proc
-    proc.kill()
+    with running_redis(tmp_path_factory.mktemp("redis-sse")) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
 def service(redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    proc = ServiceProcess(tmp_path_factory.mktemp("sse") / "logs", redis_server.url).start()
-    yield proc
-    proc.kill()
+    with running_service(tmp_path_factory.mktemp("sse") / "logs", redis_server.url) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

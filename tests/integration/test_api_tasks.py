@@ -13,21 +13,27 @@ from urllib.parse import quote, urlencode
 import pytest
 
 from tests.integration.http_helpers import request
-from tests.support import Publisher, RedisProcess, ServiceProcess, group_drained, wait_until
+from tests.support import (
+    Publisher,
+    RedisProcess,
+    ServiceProcess,
+    group_drained,
+    running_redis,
+    running_service,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    proc = RedisProcess(tmp_path_factory.mktemp("redis-api")).start()
-    yield proc
-    proc.kill()
+    with running_redis(tmp_path_factory.mktemp("redis-api")) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
 def service(redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    proc = ServiceProcess(tmp_path_factory.mktemp("api") / "logs", redis_server.url).start()
-    yield proc
-    proc.kill()
+    with running_service(tmp_path_factory.mktemp("api") / "logs", redis_server.url) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

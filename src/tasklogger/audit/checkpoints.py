@@ -25,7 +25,7 @@ import structlog
 
 from .. import records
 from ..config import STATE_DIR_NAME
-from ..fsio import APPEND_FLAGS, DIR_FLAGS, read_file, write_synced
+from ..fsio import APPEND_FLAGS, DIR_FLAGS, end_of_whole_lines, read_file, write_synced
 from ..projector import JSON_FILES
 from .chain import last_line
 from .digests import now_iso
@@ -155,7 +155,7 @@ class AuditLog:
             return 0, records.genesis(CHECKPOINTS_REL)
         try:
             size = os.fstat(fd).st_size
-            keep = _complete_size(fd, size)
+            keep = end_of_whole_lines(fd, size)
             if keep != size:
                 log.warning("cut partial checkpoint line", size=size, kept=keep)
                 os.ftruncate(fd, keep)
@@ -167,18 +167,6 @@ class AuditLog:
             return 0, records.genesis(CHECKPOINTS_REL)
         record = records.parse_line(line)  # a damaged last checkpoint stops checkpoints; verify reports it
         return record.seq, record.hash
-
-
-def _complete_size(fd: int, size: int) -> int:
-    """Offset just past the last newline: the part of the file made of whole lines."""
-    end = size
-    while end > 0:
-        start = max(0, end - (1 << 16))
-        pos = os.pread(fd, end - start, start).rfind(b"\n")
-        if pos >= 0:
-            return start + pos + 1
-        end = start
-    return 0
 
 
 def _view_entry(root: int, relpath: str) -> dict[str, Any] | None:

@@ -25,7 +25,16 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from .. import records
-from ..fsio import APPEND_FLAGS, DIR_FLAGS, read_file, syncfs, write_file, write_synced
+from ..fsio import (
+    APPEND_FLAGS,
+    DIR_FLAGS,
+    end_of_whole_lines,
+    exists_at,
+    read_file,
+    syncfs,
+    write_file,
+    write_synced,
+)
 from ..projector import FINAL_RESULT, JSONL_FILES, TASK_FILES
 from .chain import last_line
 
@@ -172,7 +181,7 @@ def _plan(root_fd: int, task_id: str, signer: Signer | None) -> tuple[int, str, 
     except OSError:
         return None  # no directory (only dead letters or buffered steps) or not a plain one
     try:
-        if not _exists(dir_fd, FINAL_RESULT):
+        if not exists_at(dir_fd, FINAL_RESULT):
             os.close(dir_fd)
             return None
         try:
@@ -207,7 +216,7 @@ def _digest_head(dir_fd: int, task_id: str) -> tuple[int, int, bytes, dict[str, 
         return 0, 0, records.genesis(f"{task_id}/{DIGESTS}"), None
     try:
         size = os.fstat(fd).st_size
-        valid = _complete_size(fd, size)
+        valid = end_of_whole_lines(fd, size)
         if valid != size:
             log.warning("cut partial digest line", task=task_id, size=size, kept=valid)
             os.ftruncate(fd, valid)
@@ -219,18 +228,6 @@ def _digest_head(dir_fd: int, task_id: str) -> tuple[int, int, bytes, dict[str, 
         return 0, 0, records.genesis(f"{task_id}/{DIGESTS}"), None
     record = records.parse_line(line)
     return valid, record.seq, record.hash, record.body
-
-
-def _complete_size(fd: int, size: int) -> int:
-    """Offset just past the last newline: the part of the file made of whole lines."""
-    end = size
-    while end > 0:
-        start = max(0, end - (1 << 16))
-        pos = os.pread(fd, end - start, start).rfind(b"\n")
-        if pos >= 0:
-            return start + pos + 1
-        end = start
-    return 0
 
 
 def _truncate(dir_fd: int, size: int) -> None:
@@ -256,14 +253,6 @@ def _write_durably(
     ]
     store._syncer.run_all(jobs)
     store._syncer.fsync_all([dir_fd for dir_fd, _task, _line, size, _sealed in planned if size == 0])
-
-
-def _exists(dir_fd: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def jsonl_names() -> tuple[str, ...]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,6 +11,7 @@ from fastapi.responses import Response
 
 from .. import records
 from ..errors import UnsafeTaskId
+from ..fsio import exists_at
 from ..projector import FINAL_RESULT
 from ..reader import TaskDir, TaskNotFound
 from .bundle import export_bundle
@@ -33,7 +33,7 @@ def integrity_state(logs_dir: Path, task_id: str) -> dict[str, Any] | None:
     try:
         with TaskDir(logs_dir, task_id) as task:
             line = last_line(task.fd, DIGESTS)
-            ended = _exists(task.fd, FINAL_RESULT)
+            ended = exists_at(task.fd, FINAL_RESULT)
     except (UnsafeTaskId, TaskNotFound):
         return None
     if line is None:
@@ -49,14 +49,6 @@ def integrity_state(logs_dir: Path, task_id: str) -> dict[str, Any] | None:
         "sealed_at": sealed_at if isinstance(sealed_at, str) else None,
         "digests": record.seq,
     }
-
-
-def _exists(dir_fd: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def router(runtime: Runtime) -> APIRouter:
