@@ -7,39 +7,16 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from tests.integration.http_helpers import SseEvent, open_sse, request
 from tests.support import (
     Publisher,
-    RedisProcess,
     ServiceProcess,
     group_drained,
-    running_redis,
-    running_service,
     wait_until,
 )
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    with running_redis(tmp_path_factory.mktemp("redis-sse")) as proc:
-        yield proc
-
-
-@pytest.fixture(scope="module")
-def service(redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    with running_service(tmp_path_factory.mktemp("sse") / "logs", redis_server.url) as proc:
-        yield proc
-
-
-@pytest.fixture(scope="module")
-def pub(redis_server: RedisProcess) -> Iterator[Publisher]:
-    client = redis_server.client()
-    yield Publisher(client)
-    client.close()
 
 
 def read_all(service: ServiceProcess, path: str, headers: dict[str, str] | None = None) -> list[SseEvent]:

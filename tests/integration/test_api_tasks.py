@@ -5,7 +5,6 @@ refusal of unsafe ids and paths, and the Prometheus exposition."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -18,29 +17,8 @@ from tests.support import (
     RedisProcess,
     ServiceProcess,
     group_drained,
-    running_redis,
-    running_service,
     wait_until,
 )
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    with running_redis(tmp_path_factory.mktemp("redis-api")) as proc:
-        yield proc
-
-
-@pytest.fixture(scope="module")
-def service(redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    with running_service(tmp_path_factory.mktemp("api") / "logs", redis_server.url) as proc:
-        yield proc
-
-
-@pytest.fixture(scope="module")
-def pub(redis_server: RedisProcess) -> Iterator[Publisher]:
-    client = redis_server.client()
-    yield Publisher(client)
-    client.close()
 
 
 def publish_task(

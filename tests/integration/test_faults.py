@@ -140,20 +140,6 @@ def test_redis_killed_mid_drain(private_redis: RedisProcess, logs_dir: Path) -> 
     client.close()
 
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 3 MiB tmpfs: the logs directory on a disk that really fills up."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_disk_full_waits_and_resumes(
     redis_url: str, client: redis.Redis, publisher: Publisher, tiny_disk: Path
 ) -> None:
