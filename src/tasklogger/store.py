@@ -35,7 +35,7 @@ import structlog
 
 from . import records
 from .audit.checkpoints import AuditLog
-from .audit.digests import Sealed, seal_batch
+from .audit.digests import Sealed, seal_batch, undo_seals
 from .config import STATE_DIR_NAME
 from .errors import AlreadyRunning, BadEntry, DiskError, os_failure
 from .fsio import (
@@ -196,6 +196,9 @@ class Store:
         self.audit = AuditLog(logs_dir)
         #: Files of the sealed batch being committed: never recovered from disk (half written) until it is done.
         self._inflight: dict[tuple[DirKey, str], JsonlFile] = {}
+        #: Its views and webhook mappings, which are not on disk yet either: the next batch reads them from here.
+        self._inflight_views: dict[tuple[str, str], dict[str, Any]] = {}
+        self._inflight_webhooks: dict[str, str] = {}
 
     # -- life cycle ---------------------------------------------------------------------------------------
 
@@ -399,6 +402,8 @@ class Store:
     def _input_doc(self, batch: Batch, task_id: str) -> dict[str, Any] | None:
         if (task_id, INPUT) in batch.json:
             return batch.json[(task_id, INPUT)]
+        if (task_id, INPUT) in self._inflight_views:
+            return self._inflight_views[(task_id, INPUT)]
         cached = self._inputs.get_fresh(task_id)
         if cached is not _MISSING:
             return cached  # type: ignore[no-any-return]
@@ -421,6 +426,8 @@ class Store:
     def _webhook_task(self, batch: Batch, webhook_id: str) -> str | None:
         if webhook_id in batch.webhook_tasks:
             return batch.webhook_tasks[webhook_id]
+        if webhook_id in self._inflight_webhooks:
+            return self._inflight_webhooks[webhook_id]
         cached = self._webhook_tasks.get_fresh(webhook_id)
         if cached is not _MISSING:
             return cached  # type: ignore[no-any-return]
@@ -621,6 +628,9 @@ class Batch:
                 store._inputs.put(task_id, doc)
         for webhook_id, task_id in self.webhook_tasks.items():
             store._webhook_tasks.put(webhook_id, task_id)
+        # The caches above are bounded and may drop them before this batch is on disk; these may not.
+        store._inflight_views = self.json
+        store._inflight_webhooks = self.webhook_tasks
         store._batch = None
 
     def write(self) -> CommitResult:
@@ -665,6 +675,8 @@ class Batch:
         (a batch built on top of this one must then be aborted too)."""
         store = self.store
         store._inflight.clear()
+        store._inflight_views = {}
+        store._inflight_webhooks = {}
         if not ok:
             for f, _data, _head in self.sealed:
                 f.inflight_bodies = []
@@ -725,7 +737,11 @@ class Batch:
         # (the encoding is deterministic), so a digest that reached the disk still describes them.
         self.digests = seal_batch(self, durable=False)
         if self.markers or self.digests:
-            sync_seconds += _timed(syncfs, root)
+            try:
+                sync_seconds += _timed(syncfs, root)
+            except OSError:
+                undo_seals(self.store._root_fd, self.digests)  # a digest of records that are being cut back
+                raise
         self.result.sync_seconds += sync_seconds
 
     def _write_json_views(self, *, synced: bool = True) -> None:
@@ -801,8 +817,7 @@ class Batch:
                 dirs.add(key)
             except FileNotFoundError:
                 pass
-        if not self.syncfs:  # with syncfs, the next batch's sync covers the removals
-            self.store._syncer.fsync_all(self._fds_of(dirs))
+        self.store._syncer.fsync_all(self._fds_of(dirs))
 
     def _undo_appends(self) -> None:
         """Best effort: cut every file this batch appended to back to its committed size."""

@@ -423,3 +423,21 @@ def test_failed_commit_under_a_batch_built_on_it_loses_and_repeats_nothing(tiny_
         assert [r["seq"] for r in chain(logs_dir, f"t1/{AGENT}")] == [1, 2, 3]
     finally:
         store.close()
+
+
+def test_input_enriched_while_its_creation_commits_keeps_every_field(store: Store, logs_dir: Path) -> None:
+    # More tasks created in one batch than the store caches input documents for: the next batch, built before
+    # this one is on disk, must still see each task's input (not an absent file).
+    created = [
+        event(f"{n + 1}-0", "task:created", task_id=f"t{n}", source="github", input_message=f"fix bug {n}")
+        for n in range(300)
+    ]
+    first = build(store, created)
+    first.seal()
+    second = build(store, [event("1000-0", "task:context_built", task_id="t0", enriched_prompt="fix bug 0 in a.py")])
+    first.write()
+    first.finish(ok=True)
+    second.commit()
+    doc = json.loads((logs_dir / "t0" / "01-input.json").read_bytes())
+    assert doc["input_message"] == "fix bug 0"
+    assert doc["enriched_prompt"] == "fix bug 0 in a.py"

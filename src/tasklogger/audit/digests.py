@@ -139,6 +139,8 @@ class Sealed:
     size: int
     max_key: tuple[int, int]
     max_id: str
+    #: The digest file's size before this digest (where a failed commit cuts it back to).
+    start: int = 0
 
 
 def seal_batch(batch: Batch, *, durable: bool = True) -> list[Sealed]:
@@ -204,7 +206,7 @@ def _plan(root_fd: int, task_id: str, signer: Signer | None) -> tuple[int, str, 
         body = signer.sign_body(body)
     line, digest = records.encode(body, prev)
     sealed = Sealed(f"{task_id}/{DIGESTS}", seq + 1, digest, size + len(line),
-                    records.stream_id_key(body["id"]), body["id"])  # fmt: skip
+                    records.stream_id_key(body["id"]), body["id"], size)  # fmt: skip
     return dir_fd, task_id, line, size, sealed
 
 
@@ -237,6 +239,18 @@ def _truncate(dir_fd: int, size: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def undo_seals(root_fd: int, sealed: list[Sealed]) -> None:
+    """Best effort: cut digest files back to their size before ``sealed`` (their commit failed after writing them)."""
+    for one in sealed:
+        task_id = one.relpath.partition("/")[0]
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(task_id, DIR_FLAGS, dir_fd=root_fd)
+            try:
+                _truncate(dir_fd, one.start)
+            finally:
+                os.close(dir_fd)
 
 
 def _write_durably(
