@@ -45,6 +45,18 @@ class Script:
         """A step keyed by the task id (the agent runner's events)."""
         self.steps.append((delay, kind, data, False))
 
+    def intake(
+        self, source: str, event_type: str, handler: str, message: str, *, size: int, payload: Data | None = None
+    ) -> None:
+        """The webhook service's steps from receiving a webhook to naming the task it created."""
+        self.hook(0.0, "webhook:received", {"source": source, "event_type": event_type, "payload_size": size})
+        if payload is not None:
+            self.hook(0.1, "webhook:payload", {"source": source, "event_type": event_type, "payload": payload})
+        self.hook(0.1, "webhook:validated", {"source": source, "signature_valid": True})
+        self.hook(0.1, "webhook:matched", {"source": source, "event_type": event_type, "matched_handler": handler})
+        created = {"task_id": self.task_id, "source": source, "event_type": event_type, "input_message": message}
+        self.hook(0.2, "webhook:task_created", created)
+
 
 def fields_for(script: Script, kind: str, data: Data, webhook: bool, at: datetime) -> Fields:
     """The stream fields a producer would XADD for one step."""
@@ -88,13 +100,7 @@ def github_fix(task_id: str, rnd: random.Random) -> Script:
         "comment": {"body": message, "user": {"login": "ana"}},
         "repository": {"full_name": "acme/webapp"},
     }
-    s.hook(0.0, "webhook:received", {"source": "github", "event_type": "issue_comment", "payload_size": 7421})
-    s.hook(0.1, "webhook:payload", {"source": "github", "event_type": "issue_comment", "payload": payload})
-    s.hook(0.1, "webhook:validated", {"source": "github", "signature_valid": True})
-    s.hook(0.1, "webhook:matched", {"source": "github", "event_type": "issue_comment",
-                                    "matched_handler": "github-mention"})  # fmt: skip
-    s.hook(0.2, "webhook:task_created", {"task_id": task_id, "source": "github", "event_type": "issue_comment",
-                                         "input_message": message})  # fmt: skip
+    s.intake("github", "issue_comment", "github-mention", message, size=7421, payload=payload)
     s.hook(0.3, "response:immediate", {"task_id": task_id, "source": "github", "response_type": "reaction",
                                        "target": f"acme/webapp#{issue}"})  # fmt: skip
     s.task(0.2, "task:created", {"task_id": task_id, "source": "github", "assigned_agent": "coding",
@@ -159,11 +165,7 @@ def sentry_triage(task_id: str, rnd: random.Random) -> Script:
     """A Sentry alert starts the triage agent; the logs it needs are out of reach and the task fails."""
     s = Script(task_id, str(uuid.UUID(int=rnd.getrandbits(128), version=4)))
     message = "Sentry alert: TimeoutError in payments.charge (212 events in 5 minutes, production)"
-    s.hook(0.0, "webhook:received", {"source": "sentry", "event_type": "alert", "payload_size": 18211})
-    s.hook(0.1, "webhook:validated", {"source": "sentry", "signature_valid": True})
-    s.hook(0.1, "webhook:matched", {"source": "sentry", "event_type": "alert", "matched_handler": "sentry-alert"})
-    s.hook(0.2, "webhook:task_created", {"task_id": task_id, "source": "sentry", "event_type": "alert",
-                                         "input_message": message})  # fmt: skip
+    s.intake("sentry", "alert", "sentry-alert", message, size=18211)
     s.task(0.2, "task:created", {"task_id": task_id, "source": "sentry", "agent_type": "triage",
                                  "input_message": message, "user_id": "sentry-bot", "machine_id": "runner-1",
                                  "session_id": f"sess-{task_id}"})  # fmt: skip
@@ -198,11 +200,7 @@ def slack_question(task_id: str, rnd: random.Random) -> Script:
     """A question in Slack, answered from the knowledge base in a few steps."""
     s = Script(task_id, str(uuid.UUID(int=rnd.getrandbits(128), version=4)))
     message = "@agent how do I rotate the staging database password?"
-    s.hook(0.0, "webhook:received", {"source": "slack", "event_type": "app_mention", "payload_size": 2210})
-    s.hook(0.1, "webhook:validated", {"source": "slack", "signature_valid": True})
-    s.hook(0.1, "webhook:matched", {"source": "slack", "event_type": "app_mention", "matched_handler": "slack-ask"})
-    s.hook(0.2, "webhook:task_created", {"task_id": task_id, "source": "slack", "event_type": "app_mention",
-                                         "input_message": message})  # fmt: skip
+    s.intake("slack", "app_mention", "slack-ask", message, size=2210)
     s.task(
         0.2,
         "task:created",
