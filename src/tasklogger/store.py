@@ -623,12 +623,7 @@ class Batch:
         for f, _data, _head in self.sealed:
             f.inflight_bodies, f.pending_bodies, f.pending = f.pending_bodies, [], []
             store._inflight[(f.dir_key, f.name)] = f
-        for (task_id, name), doc in self.json.items():
-            if name == INPUT:
-                store._inputs.put(task_id, doc)
-        for webhook_id, task_id in self.webhook_tasks.items():
-            store._webhook_tasks.put(webhook_id, task_id)
-        # The caches above are bounded and may drop them before this batch is on disk; these may not.
+        # Not on disk yet, so not in the (bounded) caches either: the next batch reads them from here until then.
         store._inflight_views = self.json
         store._inflight_webhooks = self.webhook_tasks
         store._batch = None
@@ -691,6 +686,11 @@ class Batch:
                 f.head = replace(head)  # a batch built on top of this one was aborted (it reset to the old head)
             if not f.adopted:
                 store._files.put((f.dir_key, f.name), f)
+        for (task_id, name), doc in self.json.items():
+            if name == INPUT:
+                store._inputs.put(task_id, doc)
+        for webhook_id, task_id in self.webhook_tasks.items():
+            store._webhook_tasks.put(webhook_id, task_id)
         store.audit.note_commit(self)
 
     def abort(self) -> None:
