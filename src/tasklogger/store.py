@@ -196,6 +196,8 @@ class Store:
         self.audit = AuditLog(logs_dir)
         #: Files of the sealed batch being committed: never recovered from disk (half written) until it is done.
         self._inflight: dict[tuple[DirKey, str], JsonlFile] = {}
+        #: Directories whose adopted buffers were removed after the last durable step (synced by the next one).
+        self._removed_dirs: set[DirKey] = set()
         #: Its views and webhook mappings, which are not on disk yet either: the next batch reads them from here.
         self._inflight_views: dict[tuple[str, str], dict[str, Any]] = {}
         self._inflight_webhooks: dict[str, str] = {}
@@ -645,7 +647,7 @@ class Batch:
                     self._write_json_views()
                     self._append_records()
                     self._write_markers()  # after the records they route are fsynced
-                    store._syncer.fsync_all(self._fds_of(self.sync_dirs))
+                    store._syncer.fsync_all(self._fds_of(self.sync_dirs | store._removed_dirs))
                     self.result.sync_seconds = time.perf_counter() - started
                     self.digests = seal_batch(self)  # once the records are durable, before the XACK
             except BaseException as exc:
@@ -655,7 +657,9 @@ class Batch:
                 if isinstance(exc, OSError):
                     raise os_failure(exc, "writing the logs directory failed") from exc
                 raise
-            # Everything is durable now; removing adopted buffers is clean-up that a later adoption redoes.
+            # Everything is durable now (earlier removals too); removing adopted buffers is clean-up that a later
+            # adoption redoes.
+            store._removed_dirs = set()
             try:
                 self._unlink_adopted()
             except OSError as exc:
@@ -817,7 +821,9 @@ class Batch:
                 dirs.add(key)
             except FileNotFoundError:
                 pass
-        self.store._syncer.fsync_all(self._fds_of(dirs))
+        # Clean-up, not part of what is acknowledged: the next batch's durable step covers these directories
+        # (a removal lost to a power cut leaves a buffer whose steps are already in their task; nothing reads it).
+        self.store._removed_dirs |= dirs
 
     def _undo_appends(self) -> None:
         """Best effort: cut every file this batch appended to back to its committed size."""
