@@ -60,7 +60,10 @@ def redis_url(settings: Settings) -> Iterator[str]:
 
 def open_store(settings: Settings) -> Store:
     """Open the logs directory for writing, or raise ConfigError naming it."""
-    store = Store(settings.logs_dir, fsync_threads=settings.fsync_threads, sync_mode=settings.sync_mode)
+    store = Store(
+        settings.logs_dir, fsync_threads=settings.fsync_threads, sync_mode=settings.sync_mode,
+        log_level=settings.log_level, log_format=settings.log_format,
+    )  # fmt: skip
     if settings.signing_key is not None:
         from .audit.signing import KeyFileError, load_signer  # cryptography only when a key is configured
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import os
 import re
 import secrets
@@ -24,48 +23,37 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 import structlog
 
 from . import records
 from .audit.checkpoints import AuditLog
-from .audit.digests import Sealed, seal_batch, undo_seals
+from .audit.digests import Sealed
 from .config import STATE_DIR_NAME
 from .errors import AlreadyRunning, BadEntry, DiskError, os_failure
 from .fsio import (
-    APPEND_FLAGS,
     CREATE_FLAGS,
     READ_FLAGS,
     SYNCFS_TYPES,
-    Syncer,
     end_of_whole_lines,
     filesystem_type,
     open_dir,
     read_file,
-    syncfs,
     write_all,
-    write_file,
     write_synced,
 )
 from .projector import INPUT, WEBHOOK_FLOW, AdoptWebhook, Append, Op, ReplaceJson, TaskFile, View, WebhookBuffer
 from .wire import Event
+from .writer import DirKey, Plan, SyncMode, WriterProcess, view_bytes, webhook_dir
 
 log = structlog.get_logger(__name__)
 
-DirKey = tuple[str, ...]
-#: How a batch is made durable: ``fs`` one syncfs per step, ``file`` an fsync per file, ``auto`` syncfs for batches
-#: of many files on filesystems where it is a full flush, fsync per file otherwise.
-SyncMode = Literal["auto", "fs", "file"]
-#: In ``auto`` mode, a batch touching fewer files than this is fsynced file by file even where syncfs is allowed.
-SYNCFS_MIN_FILES = 8
 STATE_DIR: DirKey = (STATE_DIR_NAME,)
-WEBHOOKS_DIR = "webhooks"
 QUARANTINE_DIR = "quarantine"
 DEAD_LETTERS = "dead-letters.jsonl"
 _ID_RE = re.compile(rb'^\{"seq":\d+,"id":"([^"\\]+)"', re.MULTILINE)
@@ -164,30 +152,33 @@ class _Lru(OrderedDict[Any, Any]):
 _MISSING = object()
 
 
-def webhook_dir(webhook_id: str) -> DirKey:
-    """The reserved directory of a webhook id's buffer: sharded so no directory grows past a few thousand files."""
-    shard = hashlib.sha1(webhook_id.encode()).hexdigest()[:2]
-    return (STATE_DIR_NAME, WEBHOOKS_DIR, shard)
-
-
 class Store:
     """Owns every byte under the logs directory. Not thread-safe: one batch at a time, from one thread."""
 
     def __init__(
-        self, logs_dir: Path, *, fsync_threads: int = 8, cache_size: int = 4096, sync_mode: SyncMode = "auto"
+        self,
+        logs_dir: Path,
+        *,
+        fsync_threads: int = 8,
+        cache_size: int = 4096,
+        sync_mode: SyncMode = "auto",
+        log_level: str = "INFO",
+        log_format: str = "console",
     ) -> None:
         self.root = logs_dir
         self.sync_mode = sync_mode
         #: One syncfs per durability step instead of an fsync per file and directory (decided in ``open``).
         self.fs_sync = False
         self.filesystem = "unknown"
-        self._syncer = Syncer(fsync_threads)
+        self.fsync_threads = fsync_threads
+        self.log_level = log_level
+        self.log_format = log_format
+        self._writer: WriterProcess | None = None
         self._files: _Lru = _Lru(cache_size)
         # 01-input.json is read back only between a task's created and context_built events, a few batches
         # apart; its enriched prompt can be 50 KB, so few are kept.
         self._inputs: _Lru = _Lru(256)
         self._webhook_tasks: _Lru = _Lru(cache_size)
-        self._known_dirs: _Lru = _Lru(cache_size)
         self._root_fd = -1
         self._lock_fd = -1
         #: The batch being built (at most one); a sealed batch may still be committing meanwhile.
@@ -196,8 +187,6 @@ class Store:
         self.audit = AuditLog(logs_dir)
         #: Files of the sealed batch being committed: never recovered from disk (half written) until it is done.
         self._inflight: dict[tuple[DirKey, str], JsonlFile] = {}
-        #: Directories whose adopted buffers were removed after the last durable step (synced by the next one).
-        self._removed_dirs: set[DirKey] = set()
         #: Its views and webhook mappings, which are not on disk yet either: the next batch reads them from here.
         self._inflight_views: dict[tuple[str, str], dict[str, Any]] = {}
         self._inflight_webhooks: dict[str, str] = {}
@@ -217,16 +206,29 @@ class Store:
             raise DiskError(f"cannot open logs directory {self.root}: {exc.strerror}", exc.errno) from exc
         self.filesystem = filesystem_type(self.root)
         self.fs_sync = self.sync_mode == "fs" or (self.sync_mode == "auto" and self.filesystem in SYNCFS_TYPES)
+        self.writer()  # started now, from the thread that opens the store (it dies with that thread's process)
+
+    def writer(self) -> WriterProcess:
+        """The writer child process that makes batches durable (started by ``open``)."""
+        if self._writer is None:
+            self._writer = WriterProcess(
+                self.root, sync_mode=self.sync_mode, fs_sync=self.fs_sync, fsync_threads=self.fsync_threads,
+                log_level=self.log_level, log_format=self.log_format,
+            )  # fmt: skip
+            self._writer.start()
+        return self._writer
 
     def close(self) -> None:
-        """Release the directory descriptor, the writer lock and the fsync threads."""
+        """Release the directory descriptor, the writer lock and the writer process."""
         if self._root_fd >= 0:
             os.close(self._root_fd)
             self._root_fd = -1
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # closing the descriptor releases the flock
             self._lock_fd = -1
-        self._syncer.close()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def lock(self) -> None:
         """Become the only writer of this logs directory; raises AlreadyRunning if another process is.
@@ -275,7 +277,6 @@ class Store:
         self._files.forget_all()
         self._inputs.forget_all()
         self._webhook_tasks.forget_all()
-        self._known_dirs.forget_all()
 
     # -- batches ------------------------------------------------------------------------------------------
 
@@ -287,8 +288,8 @@ class Store:
 
     # -- state recovery (read side of the store, used while projecting) -------------------------------------
 
-    def _dir_fd(self, batch: Batch, key: DirKey, *, create: bool) -> int | None:
-        """An fd for directory ``key`` (cached for the batch); None if it does not exist and ``create`` is off."""
+    def _dir_fd(self, batch: Batch, key: DirKey) -> int | None:
+        """An fd for directory ``key`` (cached for the batch); None if it does not exist (only the writer creates)."""
         if key in batch.dir_fds:
             return batch.dir_fds[key]
         parent = self._root_fd
@@ -298,21 +299,14 @@ class Store:
                 parent = batch.dir_fds[sub]
                 continue
             try:
-                # mkdir only for directories not seen yet: one syscall less per task per batch.
-                fd, created = open_dir(sub[-1], dir_fd=parent, create=create and sub not in self._known_dirs)
+                fd, _created = open_dir(sub[-1], dir_fd=parent)
             except FileNotFoundError:
-                if not create:
-                    return None
-                self._known_dirs.discard(sub)  # removed behind our back: create it again
-                fd, created = open_dir(sub[-1], dir_fd=parent, create=True)
+                return None
             except OSError as exc:
                 if exc.errno in (errno.ENOTDIR, errno.ELOOP):  # a file or a symlink where a directory belongs
                     raise BadEntry("task_directory_unsafe", f"{'/'.join(sub)} is not a plain directory") from None
                 raise
-            self._known_dirs.put(sub, True)
             batch.dir_fds[sub] = fd
-            if created:
-                batch.sync_dirs.add(sub[:-1])
             parent = fd
         return parent
 
@@ -328,7 +322,7 @@ class Store:
         """Read a JSONL file's chain head from its last line, cutting a partial tail first."""
         relpath = "/".join((*key, name))
         empty = Head(0, records.genesis(relpath), None, None, 0)
-        dir_fd = self._dir_fd(batch, key, create=False)
+        dir_fd = self._dir_fd(batch, key)
         if dir_fd is None:
             return JsonlFile(key, name, empty, exists=False)
         try:
@@ -388,7 +382,7 @@ class Store:
         """Every stream id already in ``f`` (committed and pending); loaded once, only for out-of-order ids."""
         if f.ids is None:
             ids: set[str] = set()
-            dir_fd = self._dir_fd(batch, f.dir_key, create=False)
+            dir_fd = self._dir_fd(batch, f.dir_key)
             if f.exists and dir_fd is not None:
                 fd = os.open(f.name, READ_FLAGS, dir_fd=dir_fd)
                 try:
@@ -414,7 +408,7 @@ class Store:
         return doc
 
     def _read_json(self, batch: Batch, key: DirKey, name: str) -> dict[str, Any] | None:
-        dir_fd = self._dir_fd(batch, key, create=False)
+        dir_fd = self._dir_fd(batch, key)
         raw = read_file(dir_fd, name) if dir_fd is not None else None
         if raw is None:
             return None
@@ -433,7 +427,7 @@ class Store:
         cached = self._webhook_tasks.get_fresh(webhook_id)
         if cached is not _MISSING:
             return cached  # type: ignore[no-any-return]
-        dir_fd = self._dir_fd(batch, webhook_dir(webhook_id), create=False)
+        dir_fd = self._dir_fd(batch, webhook_dir(webhook_id))
         task: str | None = None
         if dir_fd is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -448,7 +442,6 @@ class Batch:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.dir_fds: dict[DirKey, int] = {}
-        self.sync_dirs: set[DirKey] = set()
         self.files: dict[tuple[DirKey, str], JsonlFile] = {}
         self.json: dict[tuple[str, str], dict[str, Any]] = {}
         self.webhook_tasks: dict[str, str] = {}
@@ -583,7 +576,7 @@ class Batch:
 
     def _buffered_bodies(self, buffer: JsonlFile) -> Iterator[dict[str, Any]]:
         if buffer.exists and buffer.committed.size:
-            dir_fd = self.store._dir_fd(self, buffer.dir_key, create=False)
+            dir_fd = self.store._dir_fd(self, buffer.dir_key)
             assert dir_fd is not None
             fd = os.open(buffer.name, READ_FLAGS, dir_fd=dir_fd)
             try:
@@ -631,43 +624,39 @@ class Batch:
         store._batch = None
 
     def write(self) -> CommitResult:
-        """Write the sealed batch and make it durable (any thread; touches no state the next batch builds on)."""
+        """Write the sealed batch and make it durable (any thread; touches no state the next batch builds on).
+
+        The writing itself is done by the writer child process (writer.py): this thread only waits for it, so the
+        next batch is built meanwhile without sharing the GIL with hundreds of system calls."""
         store = self.store
         started = time.perf_counter()
         try:
-            try:
-                # A syncfs also waits for whatever else is dirty on the filesystem (the index, other writers): worth
-                # it for a drain's hundred files per batch, not for a live batch of a few.
-                self.syncfs = store.sync_mode == "fs" or (
-                    store.fs_sync and len(self.sealed) + len(self.json) >= SYNCFS_MIN_FILES
-                )
-                if self.syncfs:
-                    self._commit_with_syncfs()
-                else:
-                    self._write_json_views()
-                    self._append_records()
-                    self._write_markers()  # after the records they route are fsynced
-                    store._syncer.fsync_all(self._fds_of(self.sync_dirs | store._removed_dirs))
-                    self.result.sync_seconds = time.perf_counter() - started
-                    self.digests = seal_batch(self)  # once the records are durable, before the XACK
-            except BaseException as exc:
-                # Whatever failed (the disk, or a task directory swapped for a symlink since it was cached),
-                # nothing of this batch counts as stored: cut the appends back (finish forgets every cached head).
-                self._undo_appends()
-                if isinstance(exc, OSError):
-                    raise os_failure(exc, "writing the logs directory failed") from exc
-                raise
-            # Everything is durable now (earlier removals too); removing adopted buffers is clean-up that a later
-            # adoption redoes.
-            store._removed_dirs = set()
-            try:
-                self._unlink_adopted()
-            except OSError as exc:
-                log.warning("could not remove adopted webhook buffers", error=str(exc))
-            self.result.commit_seconds = time.perf_counter() - started
-            return self.result
+            plan = Plan(
+                views=[(task_id, name, view_bytes(doc)) for (task_id, name), doc in self.json.items()],
+                appends=[(f.dir_key, f.name, f.exists, f.committed.size, data) for f, data, _head in self.sealed],
+                markers=list(self.markers.items()),
+                unlinks=self.unlinks,
+                seal_tasks=sorted(self.touched | self.result.tasks),
+                signing_key=store.audit.signer.raw if store.audit.signer is not None else None,
+            )
+            outcome = store.writer().write(plan)
+        except OSError as exc:
+            raise os_failure(exc, "writing the logs directory failed") from exc
         finally:
             self._close()
+        if outcome.error is not None:
+            kind, code, text = outcome.error
+            if kind == "os":
+                assert isinstance(code, int)
+                raise os_failure(OSError(code, text), "writing the logs directory failed")
+            if kind == "bad_entry":
+                raise BadEntry(str(code), text)
+            raise RuntimeError(f"writing the batch failed: {text}")
+        self.syncfs = outcome.syncfs
+        self.digests = outcome.digests
+        self.result.sync_seconds = outcome.sync_seconds
+        self.result.commit_seconds = time.perf_counter() - started
+        return self.result
 
     def finish(self, *, ok: bool) -> None:
         """After ``write``, on the building thread: advance the committed heads, or forget everything on failure
@@ -715,152 +704,6 @@ class Batch:
         for fd in self.dir_fds.values():
             os.close(fd)
         self.dir_fds.clear()
-
-    def _fds_of(self, keys: set[DirKey]) -> list[int]:
-        return [self.store._root_fd if not key else self._ensure_dir(key) for key in keys]
-
-    def _ensure_dir(self, key: DirKey) -> int:
-        fd = self.store._dir_fd(self, key, create=True)
-        assert fd is not None
-        return fd
-
-    def _commit_with_syncfs(self) -> None:
-        """The same steps, each made durable by one syncfs of the whole filesystem: the views before the records
-        that would make their redelivery a skipped duplicate, the records before the mappings that route later
-        steps past them and before the digests that seal them. New files, renames and directory entries are
-        covered by the same calls."""
-        root = self.store._root_fd
-        sync_seconds = 0.0
-        if self.json:
-            self._write_json_views(synced=False)
-            sync_seconds += _timed(syncfs, root)
-        self._append_records(synced=False)
-        sync_seconds += _timed(syncfs, root)
-        self._write_markers()
-        # If that last sync fails, the batch is cut back and written again from its redelivery: the same bytes
-        # (the encoding is deterministic), so a digest that reached the disk still describes them.
-        self.digests = seal_batch(self, durable=False)
-        if self.markers or self.digests:
-            try:
-                sync_seconds += _timed(syncfs, root)
-            except OSError:
-                undo_seals(self.store._root_fd, self.digests)  # a digest of records that are being cut back
-                raise
-        self.result.sync_seconds += sync_seconds
-
-    def _write_json_views(self, *, synced: bool = True) -> None:
-        """Temp file, fsync, rename: a reader or a crash sees the old view or the new one, never a mix."""
-        jobs: list[Callable[[], None]] = []
-        write = write_synced if synced else write_file
-        self._create_task_dirs({(task_id,) for task_id, _ in self.json})
-        for (task_id, name), doc in self.json.items():
-            dir_fd = self._ensure_dir((task_id,))
-            content = orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
-            jobs.append(partial(_replace_file, write, dir_fd, name, content))
-            self.sync_dirs.add((task_id,))
-        self.store._syncer.run_all(jobs)
-
-    def _write_markers(self) -> None:
-        """Webhook -> task mappings, made only once the records they route are durable: a mapping that outlived a
-        failed batch would send the next step straight to the task, ahead of the steps still buffered.
-
-        Each is a symlink whose text is the task id: one atomic create, no content to fsync, made durable by the
-        directory fsync. It is only ever read with readlink, never followed. The first mapping wins."""
-        jobs: list[Callable[[], None]] = []
-        for webhook_id, task_id in self.markers.items():
-            key = webhook_dir(webhook_id)
-            jobs.append(partial(_make_marker, task_id, f"{webhook_id}.task", self._ensure_dir(key)))
-            self.sync_dirs.add(key)
-        self.store._syncer.run_all(jobs)
-
-    def _append_records(self, *, synced: bool = True) -> None:
-        """One write and one fsync per touched file, all files at once on the pool."""
-        jobs: list[Callable[[], None]] = []
-        write = write_synced if synced else write_file
-        self._create_task_dirs({f.dir_key for f, _data, _head in self.sealed if len(f.dir_key) == 1})
-        for f, data, _head in self.sealed:
-            if not f.exists:
-                self.sync_dirs.add(f.dir_key)  # the new file's directory entry must be durable too
-            dir_fd = self._ensure_dir(f.dir_key)
-            jobs.append(partial(write, dir_fd, f.name, APPEND_FLAGS, data))
-        self.store._syncer.run_all(jobs)
-
-    def _create_task_dirs(self, keys: set[DirKey]) -> None:
-        """Create (or open) the task directories this batch has not opened yet, in parallel on the pool: a
-        directory is an inode to allocate, as costly as a file, and a batch starts dozens of tasks."""
-        store = self.store
-        missing = sorted(key for key in keys if key not in self.dir_fds)
-        if len(missing) < 2:
-            return  # _ensure_dir opens it inline
-        opened: dict[DirKey, tuple[int, bool] | OSError] = {}
-
-        def open_one(key: DirKey) -> None:
-            try:
-                opened[key] = open_dir(key[0], dir_fd=store._root_fd, create=key not in store._known_dirs)
-            except OSError as exc:
-                opened[key] = exc  # _ensure_dir retries it inline and raises what it must
-
-        store._syncer.run_all([partial(open_one, key) for key in missing])
-        for key, outcome in opened.items():
-            if isinstance(outcome, OSError):
-                continue
-            fd, created = outcome
-            self.dir_fds[key] = fd
-            store._known_dirs.put(key, True)
-            if created:
-                self.sync_dirs.add(())
-
-    def _unlink_adopted(self) -> None:
-        dirs: set[DirKey] = set()
-        for key, name in self.unlinks:
-            dir_fd = self.store._dir_fd(self, key, create=False)
-            if dir_fd is None:
-                continue
-            try:
-                os.unlink(name, dir_fd=dir_fd)
-                dirs.add(key)
-            except FileNotFoundError:
-                pass
-        # Clean-up, not part of what is acknowledged: the next batch's durable step covers these directories
-        # (a removal lost to a power cut leaves a buffer whose steps are already in their task; nothing reads it).
-        self.store._removed_dirs |= dirs
-
-    def _undo_appends(self) -> None:
-        """Best effort: cut every file this batch appended to back to its committed size."""
-        for f, _data, _head in self.sealed:
-            dir_fd = self.dir_fds.get(f.dir_key)
-            if dir_fd is None:
-                continue
-            try:
-                if not f.exists:
-                    os.unlink(f.name, dir_fd=dir_fd)
-                    continue
-                fd = os.open(f.name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-                try:
-                    os.ftruncate(fd, f.committed.size)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            except OSError:
-                pass  # the next batch's recovery cuts any partial tail and the dedup skips what is complete
-
-
-def _replace_file(write: Callable[[int, str, int, bytes], None], dir_fd: int, name: str, content: bytes) -> None:
-    """Temp file then rename: a reader or a crash sees the old view or the new one, never a mix. With per-file
-    sync, the temp file is fsynced before the rename publishes it; the directory sync makes the rename durable."""
-    write(dir_fd, f".{name}.tmp", CREATE_FLAGS, content)
-    os.rename(f".{name}.tmp", name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-
-
-def _make_marker(task_id: str, name: str, dir_fd: int) -> None:
-    with contextlib.suppress(FileExistsError):  # the first mapping wins
-        os.symlink(task_id, name, dir_fd=dir_fd)
-
-
-def _timed(fn: Callable[[int], None], arg: int) -> float:
-    started = time.perf_counter()
-    fn(arg)
-    return time.perf_counter() - started
 
 
 def _lines_with_offsets(content: bytes) -> Iterator[tuple[int, bytes]]:

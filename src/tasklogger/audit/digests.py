@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -28,6 +28,7 @@ from .. import records
 from ..fsio import (
     APPEND_FLAGS,
     DIR_FLAGS,
+    Syncer,
     end_of_whole_lines,
     exists_at,
     read_file,
@@ -39,7 +40,6 @@ from ..projector import FINAL_RESULT, JSONL_FILES, TASK_FILES
 from .chain import last_line
 
 if TYPE_CHECKING:
-    from ..store import Batch, Store
     from .signing import Signer  # cryptography is loaded only when a key is configured
 
 log = structlog.get_logger(__name__)
@@ -143,10 +143,19 @@ class Sealed:
     start: int = 0
 
 
-def seal_batch(batch: Batch, *, durable: bool = True) -> list[Sealed]:
-    """Seal (or reseal) every task the batch touched, duplicates included, whose final result exists and whose files
-    differ from its last digest; the digests are durable when this returns (with ``durable=False``, syncfs mode
-    only, the caller's next syncfs, which also covers the webhook mappings, makes them durable).
+def seal_batch(
+    root_fd: int,
+    task_ids: Iterable[str],
+    signer: Signer | None,
+    syncer: Syncer,
+    *,
+    batch_syncfs: bool,
+    durable: bool = True,
+) -> tuple[list[Sealed], float]:
+    """Seal (or reseal) every task in ``task_ids`` (all a batch touched, duplicates included) whose final result
+    exists and whose files differ from its last digest; the digests are durable when this returns (with
+    ``durable=False``, syncfs batches only, the caller's next syncfs, which also covers the webhook mappings, makes
+    them durable). Returns them and the seconds spent waiting for the disk.
 
     Called by the commit once the batch's records and views are durable and before it is acknowledged: a crash
     before a digest is durable leaves the entry unacknowledged, and its redelivery (a skipped duplicate) still
@@ -154,17 +163,17 @@ def seal_batch(batch: Batch, *, durable: bool = True) -> list[Sealed]:
     It reads only the disk (which holds exactly this batch's state: commits are written one at a time) and the
     digest files, which nothing else writes, so it may run while the next batch is being built.
     """
-    store = batch.store
     planned: list[tuple[int, str, bytes, int, Sealed]] = []
+    waited = 0.0
     try:
-        for task_id in sorted(batch.touched | batch.result.tasks):
-            plan = _plan(store._root_fd, task_id, store.audit.signer)
+        for task_id in sorted(task_ids):
+            plan = _plan(root_fd, task_id, signer)
             if plan is not None:
                 planned.append(plan)
         if planned:
             started = time.perf_counter()
-            _write_durably(store, planned, durable=durable, batch_syncfs=batch.syncfs)
-            batch.result.sync_seconds += time.perf_counter() - started
+            _write_durably(root_fd, syncer, planned, durable=durable, batch_syncfs=batch_syncfs)
+            waited = time.perf_counter() - started
     except BaseException:
         for dir_fd, _name, _line, size, _sealed in planned:
             with contextlib.suppress(OSError):  # best effort; a partial line left is cut before the next digest
@@ -173,7 +182,7 @@ def seal_batch(batch: Batch, *, durable: bool = True) -> list[Sealed]:
     finally:
         for dir_fd, *_rest in planned:
             os.close(dir_fd)
-    return [sealed for *_rest, sealed in planned]
+    return [sealed for *_rest, sealed in planned], waited
 
 
 def _plan(root_fd: int, task_id: str, signer: Signer | None) -> tuple[int, str, bytes, int, Sealed] | None:
@@ -254,19 +263,24 @@ def undo_seals(root_fd: int, sealed: list[Sealed]) -> None:
 
 
 def _write_durably(
-    store: Store, planned: list[tuple[int, str, bytes, int, Sealed]], *, durable: bool, batch_syncfs: bool
+    root_fd: int,
+    syncer: Syncer,
+    planned: list[tuple[int, str, bytes, int, Sealed]],
+    *,
+    durable: bool,
+    batch_syncfs: bool,
 ) -> None:
     if batch_syncfs:
         for dir_fd, _task, line, _size, _sealed in planned:
             write_file(dir_fd, DIGESTS, APPEND_FLAGS, line)
         if durable:
-            syncfs(store._root_fd)  # one call covers the data and any new digest file's directory entry
+            syncfs(root_fd)  # one call covers the data and any new digest file's directory entry
         return
     jobs: list[Callable[[], None]] = [
         partial(write_synced, dir_fd, DIGESTS, APPEND_FLAGS, line) for dir_fd, _task, line, _size, _sealed in planned
     ]
-    store._syncer.run_all(jobs)
-    store._syncer.fsync_all([dir_fd for dir_fd, _task, _line, size, _sealed in planned if size == 0])
+    syncer.run_all(jobs)
+    syncer.fsync_all([dir_fd for dir_fd, _task, _line, size, _sealed in planned if size == 0])
 
 
 def jsonl_names() -> tuple[str, ...]:

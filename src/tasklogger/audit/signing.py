@@ -39,6 +39,15 @@ class Signer:
         self.private = private
         self.public = private.public_key()
         self.key_id = key_id(self.public)
+        #: The raw 32 private bytes, handed to the store's writer process (which signs the digests).
+        self.raw = private.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+
+    @classmethod
+    def from_raw(cls, raw: bytes) -> Signer:
+        """The signer of raw private key bytes (``Signer.raw``)."""
+        return cls(Ed25519PrivateKey.from_private_bytes(raw))
 
     def sign_body(self, body: dict[str, Any]) -> dict[str, Any]:
         """``body`` with ``key_id`` and ``signature`` appended (``body`` must not hold ``hash``)."""

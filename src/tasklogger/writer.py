@@ -1,0 +1,561 @@
+"""Writing a sealed batch: every write, sync and digest of one group commit, run in a child process.
+
+The store (``store.py``) decides what a batch writes and hands it over as a ``Plan``: the JSON views to replace,
+the bytes to append to each JSONL file, the webhook mappings to create, the adopted buffers to remove and the
+tasks to seal. This module is the only code that writes a batch to the logs directory, in the order that makes a
+crash at any point safe (docs/records.md):
+
+1. the views (temp file, rename), made durable before the records that would make their redelivery a skipped
+   duplicate;
+2. the records, one write per file;
+3. the webhook mappings, only once the records they route past are durable;
+4. the digests of the tasks that ended (issue 8's seals), before the acknowledgement.
+
+Why a process: building the next batch is Python on the consumer's thread, writing this one is hundreds of system
+calls. In one interpreter the two contend for the GIL (every return from a system call waits for the builder to
+let go), and measured, building and writing side by side in threads was slower than doing them one after the
+other. The child has its own interpreter: the next batch is built at full speed while this one is written.
+
+The child (``python -m tasklogger.writer``) reads one plan at a time from its stdin and answers with an
+``Outcome`` on its stdout (length-prefixed pickles: the pipe joins two processes of the same program). It dies
+with the service: the kernel kills it when its parent exits, even by ``kill -9`` (PR_SET_PDEATHSIG), so it never
+writes behind a restarted instance's back; it also ends when its stdin closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import errno
+import fcntl
+import hashlib
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import structlog
+
+from .audit.digests import Sealed, seal_batch, undo_seals
+from .config import STATE_DIR_NAME
+from .errors import BadEntry
+from .fsio import APPEND_FLAGS, CREATE_FLAGS, DIR_FLAGS, Syncer, open_dir, syncfs, write_file, write_synced
+
+log = structlog.get_logger(__name__)
+
+DirKey = tuple[str, ...]
+SyncMode = Literal["auto", "fs", "file"]
+#: In ``auto`` mode, a batch touching fewer files than this is fsynced file by file even where syncfs is allowed.
+SYNCFS_MIN_FILES = 8
+WEBHOOKS_DIR = "webhooks"
+_LENGTH = struct.Struct("<Q")
+_PR_SET_PDEATHSIG = 1
+_F_SETPIPE_SZ = 1031
+
+
+@dataclass(slots=True)
+class Plan:
+    """Everything one batch writes, in a form that crosses a pipe."""
+
+    #: (task id, file name, content) of each JSON view to replace.
+    views: list[tuple[str, str, bytes]] = field(default_factory=list)
+    #: (directory, file name, whether the file exists, its committed size, bytes to append) of each JSONL file.
+    appends: list[tuple[DirKey, str, bool, int, bytes]] = field(default_factory=list)
+    #: (webhook id, task id) of each webhook -> task mapping to create once the records are durable.
+    markers: list[tuple[str, str]] = field(default_factory=list)
+    #: (reserved directory, file name) of each webhook buffer moved into its task.
+    unlinks: list[tuple[DirKey, str]] = field(default_factory=list)
+    #: Every task the batch touched (duplicates included): each one that ended and changed is (re)sealed.
+    seal_tasks: list[str] = field(default_factory=list)
+    #: The raw Ed25519 private key digests are signed with, if any.
+    signing_key: bytes | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What writing a plan did, or why it failed (``error``)."""
+
+    digests: list[Sealed] = field(default_factory=list)
+    sync_seconds: float = 0.0
+    #: Whether the batch was made durable with syncfs (else an fsync per file and directory).
+    syncfs: bool = False
+    #: ("os", errno, message), ("bad_entry", reason, detail) or ("defect", 0, repr of the exception).
+    error: tuple[str, int | str, str] | None = None
+
+
+class PlanWriter:
+    """Writes plans under one logs directory (in the child process; tests may use it in-process too)."""
+
+    def __init__(self, root: Path, *, sync_mode: SyncMode, fs_sync: bool, fsync_threads: int) -> None:
+        self.root_fd = os.open(root, DIR_FLAGS)
+        self.sync_mode = sync_mode
+        self.fs_sync = fs_sync
+        self.syncer = Syncer(fsync_threads)
+        #: Directories known to exist: no mkdir attempt for them (one system call less per task and batch).
+        self.known_dirs: set[DirKey] = set()
+        #: Directories whose adopted buffers were removed after the last durable step (synced by the next one).
+        self.removed_dirs: set[DirKey] = set()
+        self._signer_key: bytes | None = None
+        self._signer: Any = None
+
+    def close(self) -> None:
+        """Release the directory descriptor and the fsync threads."""
+        os.close(self.root_fd)
+        self.syncer.close()
+
+    def write(self, plan: Plan) -> Outcome:
+        """Write ``plan`` and make it durable; raises OSError or BadEntry after cutting its appends back."""
+        run = _Run(self, plan)
+        try:
+            return run.execute()
+        finally:
+            run.close()
+
+    def signer(self, key: bytes | None) -> Any:
+        """The signer for ``key`` (cached; cryptography is loaded only when a key is configured)."""
+        if key != self._signer_key:
+            if key is None:
+                self._signer = None
+            else:
+                from .audit.signing import Signer
+
+                self._signer = Signer.from_raw(key)
+            self._signer_key = key
+        return self._signer
+
+
+class _Run:
+    """One plan being written: its directory descriptors and the directories to sync."""
+
+    def __init__(self, writer: PlanWriter, plan: Plan) -> None:
+        self.writer = writer
+        self.plan = plan
+        self.dir_fds: dict[DirKey, int] = {}
+        self.sync_dirs: set[DirKey] = set()
+        self.digests: list[Sealed] = []
+
+    def close(self) -> None:
+        for fd in self.dir_fds.values():
+            os.close(fd)
+        self.dir_fds.clear()
+
+    def execute(self) -> Outcome:
+        writer, plan = self.writer, self.plan
+        out = Outcome()
+        try:
+            # A syncfs also waits for whatever else is dirty on the filesystem (the index, other writers): worth it
+            # for a drain's hundred files per batch, not for a live batch of a few.
+            out.syncfs = writer.sync_mode == "fs" or (
+                writer.fs_sync and len(plan.appends) + len(plan.views) >= SYNCFS_MIN_FILES
+            )
+            if out.syncfs:
+                out.sync_seconds = self._commit_with_syncfs()
+            else:
+                started = time.perf_counter()
+                self._write_json_views(synced=True)
+                self._append_records(synced=True)
+                self._write_markers()  # after the records they route are fsynced
+                writer.syncer.fsync_all(self._fds_of(self.sync_dirs | writer.removed_dirs))
+                out.sync_seconds = time.perf_counter() - started
+                self.digests, waited = self._seal(durable=True)  # once the records are durable, before the XACK
+                out.sync_seconds += waited
+        except BaseException:
+            # Whatever failed (the disk, or a task directory swapped for a symlink since it was opened), nothing of
+            # this batch counts as stored: cut the appends back; the store forgets every cached head.
+            self._undo_appends()
+            writer.known_dirs.clear()
+            raise
+        out.digests = self.digests
+        # Everything is durable now (earlier removals too); removing adopted buffers is clean-up that a later
+        # adoption redoes.
+        writer.removed_dirs = set()
+        try:
+            self._unlink_adopted()
+        except OSError as exc:
+            log.warning("could not remove adopted webhook buffers", error=str(exc))
+        return out
+
+    def _seal(self, *, durable: bool) -> tuple[list[Sealed], float]:
+        writer = self.writer
+        signer = writer.signer(self.plan.signing_key)
+        return seal_batch(
+            writer.root_fd, self.plan.seal_tasks, signer, writer.syncer, batch_syncfs=not durable, durable=durable
+        )
+
+    def _commit_with_syncfs(self) -> float:
+        """The same steps, each made durable by one syncfs of the whole filesystem: the views before the records
+        that would make their redelivery a skipped duplicate, the records before the mappings that route later
+        steps past them and before the digests that seal them. New files, renames and directory entries are
+        covered by the same calls."""
+        root = self.writer.root_fd
+        waited = 0.0
+        if self.plan.views:
+            self._write_json_views(synced=False)
+            waited += _timed(syncfs, root)
+        self._append_records(synced=False)
+        waited += _timed(syncfs, root)
+        self._write_markers()
+        # If that last sync fails, the batch is cut back and written again from its redelivery: the same bytes
+        # (the encoding is deterministic), so a digest that reached the disk still describes them.
+        self.digests, _ = self._seal(durable=False)
+        if self.plan.markers or self.digests:
+            try:
+                waited += _timed(syncfs, root)
+            except OSError:
+                undo_seals(root, self.digests)  # a digest of records that are being cut back
+                raise
+        return waited
+
+    def _write_json_views(self, *, synced: bool) -> None:
+        """Temp file, then rename: a reader or a crash sees the old view or the new one, never a mix."""
+        jobs: list[Callable[[], None]] = []
+        write = write_synced if synced else write_file
+        self._create_task_dirs({(task_id,) for task_id, _name, _content in self.plan.views})
+        for task_id, name, content in self.plan.views:
+            dir_fd = self._ensure_dir((task_id,))
+            jobs.append(partial(_replace_file, write, dir_fd, name, content))
+            self.sync_dirs.add((task_id,))
+        self.writer.syncer.run_all(jobs)
+
+    def _append_records(self, *, synced: bool) -> None:
+        """One write (and with per-file sync one fsync) per touched file, all files at once on the pool."""
+        jobs: list[Callable[[], None]] = []
+        write = write_synced if synced else write_file
+        self._create_task_dirs({key for key, *_rest in self.plan.appends if len(key) == 1})
+        for key, name, exists, _size, data in self.plan.appends:
+            if not exists:
+                self.sync_dirs.add(key)  # the new file's directory entry must be durable too
+            jobs.append(partial(write, self._ensure_dir(key), name, APPEND_FLAGS, data))
+        self.writer.syncer.run_all(jobs)
+
+    def _write_markers(self) -> None:
+        """Webhook -> task mappings, made only once the records they route are durable: a mapping that outlived a
+        failed batch would send the next step straight to the task, ahead of the steps still buffered.
+
+        Each is a symlink whose text is the task id: one atomic create, no content to fsync, made durable by the
+        directory sync. It is only ever read with readlink, never followed. The first mapping wins."""
+        jobs: list[Callable[[], None]] = []
+        for webhook_id, task_id in self.plan.markers:
+            key = webhook_dir(webhook_id)
+            jobs.append(partial(_make_marker, task_id, f"{webhook_id}.task", self._ensure_dir(key)))
+            self.sync_dirs.add(key)
+        self.writer.syncer.run_all(jobs)
+
+    def _create_task_dirs(self, keys: set[DirKey]) -> None:
+        """Create (or open) the task directories not opened yet, in parallel on the pool: a directory is an inode
+        to allocate, as costly as a file, and a batch starts dozens of tasks."""
+        writer = self.writer
+        missing = sorted(key for key in keys if key not in self.dir_fds)
+        if len(missing) < 2:
+            return  # _ensure_dir opens it inline
+        opened: dict[DirKey, tuple[int, bool] | OSError] = {}
+
+        def open_one(key: DirKey) -> None:
+            try:
+                opened[key] = open_dir(key[0], dir_fd=writer.root_fd, create=key not in writer.known_dirs)
+            except OSError as exc:
+                opened[key] = exc  # _ensure_dir retries it inline and raises what it must
+
+        writer.syncer.run_all([partial(open_one, key) for key in missing])
+        for key, outcome in opened.items():
+            if isinstance(outcome, OSError):
+                continue
+            fd, created = outcome
+            self.dir_fds[key] = fd
+            writer.known_dirs.add(key)
+            if created:
+                self.sync_dirs.add(())
+
+    def _ensure_dir(self, key: DirKey) -> int:
+        """An fd for directory ``key``, created (with its parents) if missing; cached for the plan."""
+        if key in self.dir_fds:
+            return self.dir_fds[key]
+        writer = self.writer
+        parent = writer.root_fd
+        for depth in range(1, len(key) + 1):
+            sub = key[:depth]
+            if sub in self.dir_fds:
+                parent = self.dir_fds[sub]
+                continue
+            try:
+                fd, created = open_dir(sub[-1], dir_fd=parent, create=sub not in writer.known_dirs)
+            except FileNotFoundError:
+                writer.known_dirs.discard(sub)  # removed behind our back: create it again
+                fd, created = open_dir(sub[-1], dir_fd=parent, create=True)
+            except OSError as exc:
+                if exc.errno in (errno.ENOTDIR, errno.ELOOP):  # a file or a symlink where a directory belongs
+                    raise BadEntry("task_directory_unsafe", f"{'/'.join(sub)} is not a plain directory") from None
+                raise
+            writer.known_dirs.add(sub)
+            self.dir_fds[sub] = fd
+            if created:
+                self.sync_dirs.add(sub[:-1])
+            parent = fd
+        return parent
+
+    def _fds_of(self, keys: set[DirKey]) -> list[int]:
+        return [self.writer.root_fd if not key else self._ensure_dir(key) for key in keys]
+
+    def _unlink_adopted(self) -> None:
+        dirs: set[DirKey] = set()
+        for key, name in self.plan.unlinks:
+            try:
+                dir_fd = self._ensure_dir(key)
+                os.unlink(name, dir_fd=dir_fd)
+                dirs.add(key)
+            except FileNotFoundError:
+                pass
+        # Clean-up, not part of what is acknowledged: the next batch's durable step covers these directories
+        # (a removal lost to a power cut leaves a buffer whose steps are already in their task; nothing reads it).
+        self.writer.removed_dirs |= dirs
+
+    def _undo_appends(self) -> None:
+        """Best effort: cut every file this plan appended to back to its committed size."""
+        for key, name, exists, size, _data in self.plan.appends:
+            dir_fd = self.dir_fds.get(key)
+            if dir_fd is None:
+                continue
+            try:
+                if not exists:
+                    os.unlink(name, dir_fd=dir_fd)
+                    continue
+                fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+                try:
+                    os.ftruncate(fd, size)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass  # the next batch's recovery cuts any partial tail and the dedup skips what is complete
+
+
+def webhook_dir(webhook_id: str) -> DirKey:
+    """The reserved directory of a webhook id's buffer and mapping: sharded so no directory grows past a few
+    thousand files."""
+    shard = hashlib.sha1(webhook_id.encode()).hexdigest()[:2]
+    return (STATE_DIR_NAME, WEBHOOKS_DIR, shard)
+
+
+def _replace_file(write: Callable[[int, str, int, bytes], None], dir_fd: int, name: str, content: bytes) -> None:
+    """Temp file then rename: a reader or a crash sees the old view or the new one, never a mix. With per-file
+    sync, the temp file is fsynced before the rename publishes it; the directory sync makes the rename durable."""
+    write(dir_fd, f".{name}.tmp", CREATE_FLAGS, content)
+    os.rename(f".{name}.tmp", name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def _make_marker(task_id: str, name: str, dir_fd: int) -> None:
+    with contextlib.suppress(FileExistsError):  # the first mapping wins
+        os.symlink(task_id, name, dir_fd=dir_fd)
+
+
+def _timed(fn: Callable[[int], None], arg: int) -> float:
+    started = time.perf_counter()
+    fn(arg)
+    return time.perf_counter() - started
+
+
+def view_bytes(doc: dict[str, Any]) -> bytes:
+    """A JSON view's bytes on disk (indented for people who open the file)."""
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+# -- the pipe between the store and the child ---------------------------------------------------------------------
+
+
+def _send(fd: int, obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(_LENGTH.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _recv(fd: int) -> Any:
+    """The next message, or raise EOFError when the other side closed the pipe."""
+    header = _read_exactly(fd, _LENGTH.size)
+    (size,) = _LENGTH.unpack(header)
+    return pickle.loads(_read_exactly(fd, size))  # only ever the store and its own child at either end
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            raise EOFError("the writer pipe closed")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+class WriterProcess:
+    """The store's side of the child: starts it, sends it plans one at a time, restarts it if it died."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        sync_mode: SyncMode,
+        fs_sync: bool,
+        fsync_threads: int,
+        log_level: str = "INFO",
+        log_format: str = "console",
+    ) -> None:
+        self.root = root
+        self.args = [
+            "--sync-mode", sync_mode, "--fsync-threads", str(fsync_threads), "--log-level", log_level,
+            "--log-format", log_format, *(["--fs-sync"] if fs_sync else []),
+        ]  # fmt: skip
+        self._lock = threading.Lock()
+        self._child: _Child | None = None
+        self._children: list[_Child] = []
+        # A store dropped without close() still stops its child (and closes the pipes) when collected.
+        weakref.finalize(self, _Child.stop_all, self._children)
+
+    def start(self) -> None:
+        """Start the child (from the thread that lives as long as the store: the kernel's parent-death signal
+        follows the thread that started it)."""
+        with self._lock:
+            if self._child is None or not self._child.alive():
+                self._start()
+
+    def _start(self) -> _Child:
+        command = [sys.executable, "-m", "tasklogger.writer", str(self.root), "--parent", str(os.getpid())]
+        self._child = _Child([*command, *self.args])
+        self._children.append(self._child)
+        return self._child
+
+    def write(self, plan: Plan) -> Outcome:
+        """Have the child write ``plan``; raises OSError(EIO) if it died or could not be reached."""
+        with self._lock:
+            child = self._child
+            if child is None or not child.alive():
+                if child is not None:
+                    log.error("the writer process had died; starting a new one", returncode=child.process.returncode)
+                    child.stop()
+                child = self._start()
+            try:
+                _send(child.inbox, plan)
+                outcome: Outcome = _recv(child.outbox)
+            except (OSError, EOFError) as exc:
+                child.stop()
+                raise OSError(errno.EIO, f"the writer process failed: {exc}") from None
+            return outcome
+
+    def close(self) -> None:
+        """Close the child's stdin (it exits) and wait for it."""
+        with self._lock:
+            _Child.stop_all(self._children)
+            self._child = None
+
+
+class _Child:
+    """A started writer child and our ends of its two pipes (raw descriptors)."""
+
+    def __init__(self, command: list[str]) -> None:
+        child_in, self.inbox = os.pipe()
+        self.outbox, child_out = os.pipe()
+        try:
+            self.process = subprocess.Popen(command, stdin=child_in, stdout=child_out, close_fds=True)
+        finally:
+            os.close(child_in)
+            os.close(child_out)
+        for fd in (self.inbox, self.outbox):
+            os.set_inheritable(fd, False)
+        with contextlib.suppress(OSError):  # a bigger pipe: a batch's megabytes in fewer wake-ups
+            fcntl.fcntl(self.inbox, _F_SETPIPE_SZ, 1 << 20)
+
+    def alive(self) -> bool:
+        return self.inbox >= 0 and self.process.poll() is None
+
+    def stop(self) -> None:
+        """Close our ends (the child reads EOF and exits) and reap it."""
+        for fd in (self.inbox, self.outbox):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.inbox = self.outbox = -1
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    @staticmethod
+    def stop_all(children: list[_Child]) -> None:
+        while children:
+            children.pop().stop()
+
+
+# -- the child ----------------------------------------------------------------------------------------------------
+
+
+def _die_with_parent(parent: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the signal was armed
+        os._exit(1)
+
+
+def serve(writer: PlanWriter, inbox: int, outbox: int) -> None:
+    """Write each plan read from ``inbox`` and answer with its Outcome on ``outbox``, until ``inbox`` closes."""
+    while True:
+        try:
+            plan: Plan = _recv(inbox)
+        except EOFError:
+            return
+        try:
+            outcome = writer.write(plan)
+        except OSError as exc:
+            outcome = Outcome(error=("os", exc.errno or errno.EIO, str(exc)))
+        except BadEntry as exc:
+            outcome = Outcome(error=("bad_entry", exc.reason, exc.detail))
+        except Exception as exc:  # a defect: the store fails the batch; its entries are retried one by one
+            log.exception("writing a batch failed")
+            outcome = Outcome(error=("defect", 0, repr(exc)))
+        _send(outbox, outcome)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tasklogger.writer LOGS_DIR --parent PID ...``: the store's writer child."""
+    parser = argparse.ArgumentParser(prog="tasklogger.writer")
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--sync-mode", choices=["auto", "fs", "file"], default="auto")
+    parser.add_argument("--fs-sync", action="store_true")
+    parser.add_argument("--fsync-threads", type=int, default=8)
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", default="console")
+    args = parser.parse_args(argv)
+    _die_with_parent(args.parent)
+    # A Ctrl-C (or a stop signal sent to the whole group) is the service's to handle: it finishes the batch in
+    # hand, then closes our stdin; and if it dies, the kernel kills us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from .logs import configure
+
+    configure(args.log_level, args.log_format)
+    writer = PlanWriter(args.root, sync_mode=args.sync_mode, fs_sync=args.fs_sync, fsync_threads=args.fsync_threads)
+    try:
+        serve(writer, sys.stdin.fileno(), sys.stdout.fileno())
+    finally:
+        writer.close()
+
+
+if __name__ == "__main__":
+    # Run the imported module's main, not this ``__main__`` copy: the plans and outcomes that cross the pipe must
+    # be tasklogger.writer's classes on both sides.
+    from tasklogger.writer import main as writer_main
+
+    writer_main()
