@@ -52,8 +52,10 @@ def encode(body: dict[str, Any], prev_hash: bytes) -> tuple[bytes, bytes]:
     Returns the line (with its newline) and the record's hash.
     """
     canonical = orjson.dumps(body)
-    digest = hashlib.sha256(prev_hash + canonical).digest()
-    return canonical[:-1] + _HASH_PREFIX + digest.hex().encode() + b'"}\n', digest
+    hasher = hashlib.sha256(prev_hash)
+    hasher.update(canonical)
+    digest = hasher.digest()
+    return b"".join((memoryview(canonical)[:-1], _HASH_PREFIX, digest.hex().encode(), b'"}\n')), digest
 
 
 def link(prev_hash: bytes, canonical: bytes) -> bytes:

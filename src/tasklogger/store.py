@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import re
 import secrets
@@ -150,6 +151,8 @@ class _Lru(OrderedDict[Any, Any]):
 
 
 _MISSING = object()
+#: The view of an event whose projection needs nothing stored (most of them): one shared, immutable instance.
+_NO_VIEW = View()
 
 
 class Store:
@@ -298,9 +301,14 @@ class Store:
             if sub in batch.dir_fds:
                 parent = batch.dir_fds[sub]
                 continue
+            if sub in batch.missing_dirs:
+                return None
             try:
                 fd, _created = open_dir(sub[-1], dir_fd=parent)
             except FileNotFoundError:
+                # Remembered for the batch: a new task's files are all looked up, and none can exist yet (only the
+                # writer creates, and what the committing batch writes is read from memory, not from here).
+                batch.missing_dirs.add(sub)
                 return None
             except OSError as exc:
                 if exc.errno in (errno.ENOTDIR, errno.ELOOP):  # a file or a symlink where a directory belongs
@@ -442,6 +450,8 @@ class Batch:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.dir_fds: dict[DirKey, int] = {}
+        #: Directories found missing while building (none of their files exists: a new task's).
+        self.missing_dirs: set[DirKey] = set()
         self.files: dict[tuple[DirKey, str], JsonlFile] = {}
         self.json: dict[tuple[str, str], dict[str, Any]] = {}
         self.webhook_tasks: dict[str, str] = {}
@@ -456,6 +466,9 @@ class Batch:
         self.syncfs = False
         #: (file, bytes to append, head after them), fixed by ``seal``.
         self.sealed: list[tuple[JsonlFile, bytes, Head]] = []
+        self._sent_at = 0.0
+        #: relpath -> {sha256, size} of each view this batch replaces (for the checkpoint chain).
+        self.view_digests: dict[str, dict[str, Any]] = {}
 
     # -- building ---------------------------------------------------------------------------------------------
 
@@ -467,14 +480,15 @@ class Batch:
             return View(webhook_task=store._webhook_task(self, event.webhook_event_id))
         if event.type in ("task:created", "task:context_built"):
             return View(input_doc=store._input_doc(self, event.task_id))
-        return View()
+        return _NO_VIEW
 
     def apply(self, event: Event, ops: list[Op]) -> bool:
         """Add an event's operations; returns False (and changes nothing) if the event is already stored."""
         primary = next(op for op in ops if isinstance(op, Append))
         if isinstance(primary.target, TaskFile):
             self.touched.add(primary.target.task_id)
-        if self._is_stored(primary):
+        primary_file = self._file_of(primary.target)
+        if self._holds(primary_file, primary.body["id"]):
             for op in ops:
                 if isinstance(op, AdoptWebhook):
                     self._adopt(op)  # idempotent: finishes a move a crash interrupted
@@ -482,7 +496,7 @@ class Batch:
             return False
         for op in ops:
             if isinstance(op, Append):
-                self._append(self._file_of(op.target), op.body)
+                self._append(primary_file if op is primary else self._file_of(op.target), op.body)
             elif isinstance(op, ReplaceJson):
                 self.json[(op.task_id, op.name)] = op.content
             else:
@@ -523,11 +537,14 @@ class Batch:
         return self.store._jsonl(self, webhook_dir(target.webhook_id), f"{target.webhook_id}.jsonl")
 
     def _is_stored(self, op: Append) -> bool:
-        f = self._file_of(op.target)
-        key = records.stream_id_key(op.body["id"])
-        if f.head.max_key is None or key > f.head.max_key:
+        return self._holds(self._file_of(op.target), op.body["id"])
+
+    def _holds(self, f: JsonlFile, entry_id: str) -> bool:
+        """Whether ``f`` (on disk or in this batch) already holds a record of ``entry_id``."""
+        max_key = f.head.max_key
+        if max_key is None or records.stream_id_key(entry_id) > max_key:
             return False
-        return op.body["id"] in self.store._ids_in(self, f)
+        return entry_id in self.store._ids_in(self, f)
 
     def _append(self, f: JsonlFile, body: dict[str, Any]) -> bool:
         entry_id = body["id"]
@@ -624,26 +641,45 @@ class Batch:
         store._batch = None
 
     def write(self) -> CommitResult:
-        """Write the sealed batch and make it durable (any thread; touches no state the next batch builds on).
+        """Write the sealed batch and make it durable: ``send`` it, then ``receive`` the outcome."""
+        self.send()
+        return self.receive()
 
-        The writing itself is done by the writer child process (writer.py): this thread only waits for it, so the
-        next batch is built meanwhile without sharing the GIL with hundreds of system calls."""
+    def send(self) -> None:
+        """Hand the sealed batch to the writer child process (writer.py), which starts writing it at once.
+
+        The caller builds the next batch until it calls ``receive``: the writing is done by another interpreter,
+        so the two never share the GIL, and no thread of this process waits on the disk."""
         store = self.store
-        started = time.perf_counter()
+        self._sent_at = time.perf_counter()
         try:
+            views = [(task_id, name, view_bytes(doc)) for (task_id, name), doc in self.json.items()]
+            # What the next checkpoint records of each view: hashed here, so it never reads the file back.
+            self.view_digests = {
+                f"{task_id}/{name}": {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
+                for task_id, name, content in views
+            }
             plan = Plan(
-                views=[(task_id, name, view_bytes(doc)) for (task_id, name), doc in self.json.items()],
+                views=views,
                 appends=[(f.dir_key, f.name, f.exists, f.committed.size, data) for f, data, _head in self.sealed],
                 markers=list(self.markers.items()),
                 unlinks=self.unlinks,
                 seal_tasks=sorted(self.touched | self.result.tasks),
                 signing_key=store.audit.signer.raw if store.audit.signer is not None else None,
             )
-            outcome = store.writer().write(plan)
+            store.writer().send(plan)
         except OSError as exc:
             raise os_failure(exc, "writing the logs directory failed") from exc
         finally:
-            self._close()
+            self._close()  # the descriptors opened while building: the writer opens its own
+
+    def receive(self) -> CommitResult:
+        """Wait until the batch ``send`` handed over is durable; raises what writing it raised (DiskError,
+        StorageDamage, BadEntry) after the writer cut its appends back."""
+        try:
+            outcome = self.store.writer().receive()
+        except OSError as exc:
+            raise os_failure(exc, "writing the logs directory failed") from exc
         if outcome.error is not None:
             kind, code, text = outcome.error
             if kind == "os":
@@ -655,7 +691,7 @@ class Batch:
         self.syncfs = outcome.syncfs
         self.digests = outcome.digests
         self.result.sync_seconds = outcome.sync_seconds
-        self.result.commit_seconds = time.perf_counter() - started
+        self.result.commit_seconds = time.perf_counter() - self._sent_at
         return self.result
 
     def finish(self, *, ok: bool) -> None:

@@ -102,7 +102,11 @@ class PlanWriter:
         self.root_fd = os.open(root, DIR_FLAGS)
         self.sync_mode = sync_mode
         self.fs_sync = fs_sync
+        #: Per-file sync: the fsyncs of a batch's files run in parallel (one journal commit serves them all).
         self.syncer = Syncer(fsync_threads)
+        #: With syncfs, the writes only reach the page cache: one thread does them faster than a pool (measured:
+        #: the pool's hand-offs cost more than the system calls they spread).
+        self.serial = Syncer(1)
         #: Directories known to exist: no mkdir attempt for them (one system call less per task and batch).
         self.known_dirs: set[DirKey] = set()
         #: Directories whose adopted buffers were removed after the last durable step (synced by the next one).
@@ -145,6 +149,7 @@ class _Run:
         self.dir_fds: dict[DirKey, int] = {}
         self.sync_dirs: set[DirKey] = set()
         self.digests: list[Sealed] = []
+        self.jobs = writer.syncer
 
     def close(self) -> None:
         for fd in self.dir_fds.values():
@@ -161,6 +166,7 @@ class _Run:
                 writer.fs_sync and len(plan.appends) + len(plan.views) >= SYNCFS_MIN_FILES
             )
             if out.syncfs:
+                self.jobs = writer.serial
                 out.sync_seconds = self._commit_with_syncfs()
             else:
                 started = time.perf_counter()
@@ -191,7 +197,7 @@ class _Run:
         writer = self.writer
         signer = writer.signer(self.plan.signing_key)
         return seal_batch(
-            writer.root_fd, self.plan.seal_tasks, signer, writer.syncer, batch_syncfs=not durable, durable=durable
+            writer.root_fd, self.plan.seal_tasks, signer, self.jobs, batch_syncfs=not durable, durable=durable
         )
 
     def _commit_with_syncfs(self) -> float:
@@ -227,7 +233,7 @@ class _Run:
             dir_fd = self._ensure_dir((task_id,))
             jobs.append(partial(_replace_file, write, dir_fd, name, content))
             self.sync_dirs.add((task_id,))
-        self.writer.syncer.run_all(jobs)
+        self.jobs.run_all(jobs)
 
     def _append_records(self, *, synced: bool) -> None:
         """One write (and with per-file sync one fsync) per touched file, all files at once on the pool."""
@@ -238,7 +244,7 @@ class _Run:
             if not exists:
                 self.sync_dirs.add(key)  # the new file's directory entry must be durable too
             jobs.append(partial(write, self._ensure_dir(key), name, APPEND_FLAGS, data))
-        self.writer.syncer.run_all(jobs)
+        self.jobs.run_all(jobs)
 
     def _write_markers(self) -> None:
         """Webhook -> task mappings, made only once the records they route are durable: a mapping that outlived a
@@ -251,7 +257,7 @@ class _Run:
             key = webhook_dir(webhook_id)
             jobs.append(partial(_make_marker, task_id, f"{webhook_id}.task", self._ensure_dir(key)))
             self.sync_dirs.add(key)
-        self.writer.syncer.run_all(jobs)
+        self.jobs.run_all(jobs)
 
     def _create_task_dirs(self, keys: set[DirKey]) -> None:
         """Create (or open) the task directories not opened yet, in parallel on the pool: a directory is an inode
@@ -268,7 +274,7 @@ class _Run:
             except OSError as exc:
                 opened[key] = exc  # _ensure_dir retries it inline and raises what it must
 
-        writer.syncer.run_all([partial(open_one, key) for key in missing])
+        self.jobs.run_all([partial(open_one, key) for key in missing])
         for key, outcome in opened.items():
             if isinstance(outcome, OSError):
                 continue
@@ -419,6 +425,8 @@ class WriterProcess:
         ]  # fmt: skip
         self._lock = threading.Lock()
         self._child: _Child | None = None
+        #: The child writing the plan last sent, until its outcome is received.
+        self._awaiting: _Child | None = None
         self._children: list[_Child] = []
         # A store dropped without close() still stops its child (and closes the pipes) when collected.
         weakref.finalize(self, _Child.stop_all, self._children)
@@ -437,8 +445,14 @@ class WriterProcess:
         return self._child
 
     def write(self, plan: Plan) -> Outcome:
-        """Have the child write ``plan``; raises OSError(EIO) if it died or could not be reached."""
+        """Have the child write ``plan`` and wait for it; raises OSError(EIO) if it died or could not be reached."""
+        self.send(plan)
+        return self.receive()
+
+    def send(self, plan: Plan) -> None:
+        """Hand ``plan`` to the child, which starts writing it; one plan at a time (``receive`` its outcome)."""
         with self._lock:
+            assert self._awaiting is None, "the previous plan's outcome was not received"
             child = self._child
             if child is None or not child.alive():
                 if child is not None:
@@ -447,6 +461,17 @@ class WriterProcess:
                 child = self._start()
             try:
                 _send(child.inbox, plan)
+            except OSError as exc:
+                child.stop()
+                raise OSError(errno.EIO, f"the writer process failed: {exc}") from None
+            self._awaiting = child
+
+    def receive(self) -> Outcome:
+        """The outcome of the plan ``send`` handed over (blocks until the child has written it)."""
+        with self._lock:
+            child, self._awaiting = self._awaiting, None
+            assert child is not None, "no plan was sent"
+            try:
                 outcome: Outcome = _recv(child.outbox)
             except (OSError, EOFError) as exc:
                 child.stop()
@@ -457,7 +482,7 @@ class WriterProcess:
         """Close the child's stdin (it exits) and wait for it."""
         with self._lock:
             _Child.stop_all(self._children)
-            self._child = None
+            self._child = self._awaiting = None
 
 
 class _Child:

@@ -57,7 +57,8 @@ class AuditLog:
         self._heads: dict[str, tuple[int, bytes, int]] = {}
         #: Set when so much moved that the next checkpoint should not wait for the interval (bounded memory).
         self.due = threading.Event()
-        self._views: set[str] = set()
+        #: relpath -> the view's {sha256, size} as its batch wrote it, or None: read it when checkpointing.
+        self._views: dict[str, dict[str, Any] | None] = {}
         self._max_key: tuple[int, int] = (0, 0)
         self._max_id = "0-0"
         self._head: tuple[int, bytes] | None = None
@@ -77,11 +78,14 @@ class AuditLog:
                 self._heads[relpath] = (seq, digest, size)
                 if max_key is not None and max_id is not None and max_key > self._max_key:
                     self._max_key, self._max_id = max_key, max_id
-            self._views.update(f"{task_id}/{name}" for task_id, name in batch.json)
+            self._views.update(batch.view_digests)  # hashed when the batch was handed over: nothing to read back
             if batch.result.duplicates:
                 # A redelivery after a crash: the views the lost batch replaced were never checkpointed, and
                 # skipped duplicates replace nothing; record them as they are now, or a later check would miss them.
-                self._views.update(f"{task_id}/{name}" for task_id in batch.touched for name in JSON_FILES)
+                for task_id in batch.touched:
+                    for name in JSON_FILES:
+                        if f"{task_id}/{name}" not in batch.view_digests:
+                            self._views[f"{task_id}/{name}"] = None
             if len(self._heads) + len(self._views) >= MAX_MOVED:
                 self.due.set()
 
@@ -99,7 +103,7 @@ class AuditLog:
         with self._write_lock:
             with self._lock:
                 heads, views, max_id = self._heads, self._views, self._max_id
-                self._heads, self._views = {}, set()
+                self._heads, self._views = {}, {}
             if not heads and not views and not always:
                 return None
             try:
@@ -107,15 +111,22 @@ class AuditLog:
             except BaseException:
                 with self._lock:  # what moved since is newer than what we took
                     self._heads = {**heads, **self._heads}
-                    self._views |= views
+                    self._views = {**views, **self._views}
                 raise
 
     def _write(
-        self, reason: str, heads: dict[str, tuple[int, bytes, int]], views: set[str], max_id: str
+        self,
+        reason: str,
+        heads: dict[str, tuple[int, bytes, int]],
+        views: dict[str, dict[str, Any] | None],
+        max_id: str,
     ) -> dict[str, Any]:
         root = os.open(self.logs_dir, DIR_FLAGS & ~os.O_NOFOLLOW)
         try:
-            view_entries = {relpath: _view_entry(root, relpath) for relpath in sorted(views)}
+            view_entries = {
+                relpath: entry if entry is not None else _view_entry(root, relpath)
+                for relpath, entry in sorted(views.items())
+            }
             state = os.open(STATE_DIR_NAME, DIR_FLAGS, dir_fd=root)
         finally:
             os.close(root)
