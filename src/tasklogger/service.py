@@ -40,6 +40,8 @@ def redis_client(url: str, settings: Settings, *, timeout_s: float | None = None
         socket_connect_timeout=2,
         socket_keepalive=True,
         health_check_interval=30,
+        # A drain reads batches of about a megabyte and a half: fewer, larger reads (the default is 64 KiB).
+        socket_read_size=1 << 20,
     )
 
 

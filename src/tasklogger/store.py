@@ -467,6 +467,7 @@ class Batch:
         #: (file, bytes to append, head after them), fixed by ``seal``.
         self.sealed: list[tuple[JsonlFile, bytes, Head]] = []
         self._sent_at = 0.0
+        self._dead_letters: JsonlFile | None = None
         #: relpath -> {sha256, size} of each view this batch replaces (for the checkpoint chain).
         self.view_digests: dict[str, dict[str, Any]] = {}
 
@@ -517,15 +518,16 @@ class Batch:
 
     def is_dead_lettered(self, entry_id: str) -> bool:
         """Whether this entry is already in the dead-letter store (a dead letter is never written again)."""
-        f = self.store._jsonl(self, STATE_DIR, DEAD_LETTERS)
-        if f.head.max_key is None or records.stream_id_key(entry_id) > f.head.max_key:
-            return False
-        return entry_id in self.store._ids_in(self, f)
+        return self._holds(self._dead_letter_file(), entry_id)
+
+    def _dead_letter_file(self) -> JsonlFile:
+        if self._dead_letters is None:  # asked once per entry: looked up once per batch
+            self._dead_letters = self.store._jsonl(self, STATE_DIR, DEAD_LETTERS)
+        return self._dead_letters
 
     def dead_letter(self, body: dict[str, Any]) -> bool:
         """Append a dead-letter record (``body`` holds ``id``, ``reason``, ...); False if already recorded."""
-        f = self.store._jsonl(self, STATE_DIR, DEAD_LETTERS)
-        if self._append(f, body):
+        if self._append(self._dead_letter_file(), body):
             self.result.dead_letters += 1
             return True
         self.result.duplicates += 1
@@ -564,10 +566,10 @@ class Batch:
         f.pending_bodies.append(body)
         if f.ids is not None:
             f.ids.add(entry_id)
-        if late:
-            f.head = Head(seq, digest, head.max_key, head.max_id, head.size + len(line))
-        else:
-            f.head = Head(seq, digest, key, entry_id, head.size + len(line))
+        # In place: a file's head is its own (seal, finish and a reset copy it), and this runs once per event.
+        head.seq, head.hash, head.size = seq, digest, head.size + len(line)
+        if not late:
+            head.max_key, head.max_id = key, entry_id
         self.files[(f.dir_key, f.name)] = f
         return True
 
