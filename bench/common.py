@@ -58,27 +58,49 @@ class Service:
 
 
 class RssSampler(threading.Thread):
-    """Samples a process's resident set size every ``interval`` seconds; ``peak`` in bytes."""
+    """Samples a process's resident set size every ``interval`` seconds; ``peak`` in bytes. Its child processes
+    (the writer, the indexer) are sampled too: ``child_peaks`` by module name, ``tree_peak`` for the sum of all
+    of them at one instant."""
 
     def __init__(self, pid: int, interval: float = 0.05) -> None:
         super().__init__(daemon=True)
         self.process = psutil.Process(pid)
         self.interval = interval
         self.peak = 0
+        self.tree_peak = 0
+        self.child_peaks: dict[str, int] = {}
         self._halt = threading.Event()
 
     def run(self) -> None:
         while not self._halt.is_set():
             try:
-                self.peak = max(self.peak, self.process.memory_info().rss)
+                rss = self.process.memory_info().rss
+                children = self.process.children()
             except psutil.Error:
                 return
+            self.peak = max(self.peak, rss)
+            total = rss
+            for child in children:
+                try:
+                    child_rss = child.memory_info().rss
+                    name = next((a for a in child.cmdline() if a.startswith("tasklogger.")), child.name())
+                except psutil.Error:
+                    continue
+                total += child_rss
+                self.child_peaks[name] = max(self.child_peaks.get(name, 0), child_rss)
+            self.tree_peak = max(self.tree_peak, total)
             self._halt.wait(self.interval)
 
     def stop(self) -> int:
         self._halt.set()
         self.join(2)
         return self.peak
+
+    def report(self) -> str:
+        """``peak RSS 93.1 MB (with its child processes 170.2 MB: tasklogger.writer 30.1 MB, ...)``."""
+        children = ", ".join(f"{name} {peak / 2**20:.1f} MB" for name, peak in sorted(self.child_peaks.items()))
+        tree = f" (with its child processes {self.tree_peak / 2**20:.1f} MB: {children})" if children else ""
+        return f"peak RSS {self.peak / 2**20:.1f} MB{tree}"
 
 
 def machine(path: Path) -> str:

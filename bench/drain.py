@@ -1,7 +1,8 @@
 """Drain benchmark: a backlog of the realistic workload is published to a fresh redis-server BEFORE the consumer
 starts; then ``python -m tasklogger consume`` is started and timed until the group has read everything and
-acknowledged it all (lag 0, pending 0). Reports events/s, peak RSS of the service (sampled every 50 ms), its CPU
-time, and the machine. Afterwards the records on disk are counted (one per published entry).
+acknowledged it all (lag 0, pending 0). Reports events/s, the peak RSS of the service and of its child processes
+(the writer and the indexer; sampled every 50 ms), its CPU time, and the machine. Afterwards the records on disk
+are counted (one per published entry).
 
     python bench/drain.py --events 100000
     python bench/drain.py --events 20000 --dir /mnt/ssd/tl-bench      # measure on a given disk
@@ -139,7 +140,7 @@ def main() -> None:
             time.sleep(0.02)
         elapsed = time.perf_counter() - started
         index_note = index_report(logs, deadline, started, elapsed) if args.index else "index: off (--no-index)"
-        peak = sampler.stop()
+        sampler.stop()
         cpu = sampler.process.cpu_times()
         service.stop()
 
@@ -154,7 +155,7 @@ def main() -> None:
             f"(from starting the process{steady})"
         )
         print(
-            f"service: peak RSS {peak / 2**20:.1f} MB; CPU user {cpu.user:.1f} s, system {cpu.system:.1f} s; "
+            f"service: {sampler.report()}; CPU user {cpu.user:.1f} s, system {cpu.system:.1f} s; "
             f"{size / 2**20:.0f} MB written; {on_disk} records on disk"
             + ("" if on_disk == args.events else f" (EXPECTED {args.events})")
         )

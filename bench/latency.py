@@ -336,7 +336,7 @@ def main() -> None:
 
         sent, published_in = publish_paced(client, entries, args.rate, disk, acks)
         settle(sent, disk, acks, args.settle)
-        peak = sampler.stop()
+        sampler.stop()
         disk.halt.set()
         disk.join(5)
         if acks is not None:
@@ -353,7 +353,7 @@ def main() -> None:
             f"  not seen in their file: {missing}; seen twice: {disk.duplicates}; watcher rounds: {disk.rounds:,} "
             f"({disk.rounds / max(1e-9, published_in):,.0f}/s)"
         )
-        print(f"  service peak RSS {peak / 2**20:.1f} MB")
+        print(f"  service {sampler.report()}")
         print(f"machine: nproc={len(os.sched_getaffinity(0))}, {machine(logs)}")
         if missing or disk.duplicates:
             raise SystemExit(1)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
+from .projector import STATE_DIR_NAME as STATE_DIR_NAME  # where the layout is defined; kept importable here
 
 #: The deployed variable names that predate tasklogger's own ``TASKLOGGER_`` prefix.
 LEGACY_ENV = {
@@ -135,10 +136,6 @@ class Settings(BaseModel):
     def index_file(self) -> Path:
         """Where the SQLite task index lives."""
         return self.index_path or self.state_dir / "index.sqlite3"
-
-
-#: Reserved directory for the service's own state; task ids may not start with a dot, so none collides.
-STATE_DIR_NAME = ".tasklogger"
 
 
 def _is_stream_id(value: str) -> bool:

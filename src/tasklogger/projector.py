@@ -13,6 +13,8 @@ from typing import Any
 
 from .wire import Event
 
+#: Reserved directory for the service's own state; task ids may not start with a dot, so none collides.
+STATE_DIR_NAME = ".tasklogger"
 METADATA = "metadata.json"
 INPUT = "01-input.json"
 WEBHOOK_FLOW = "02-webhook-flow.jsonl"

@@ -15,9 +15,8 @@ from typing import Any
 
 import orjson
 
-from .config import STATE_DIR_NAME
 from .fsio import DIR_FLAGS, open_file, read_file
-from .projector import AGENT_OUTPUT, FINAL_RESULT, INPUT, METADATA, USER_INPUTS, WEBHOOK_FLOW
+from .projector import AGENT_OUTPUT, FINAL_RESULT, INPUT, METADATA, STATE_DIR_NAME, USER_INPUTS, WEBHOOK_FLOW
 from .records import stream_id_key
 from .wire import check_name
 

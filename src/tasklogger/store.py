@@ -35,7 +35,6 @@ import structlog
 from . import records
 from .audit.checkpoints import AuditLog
 from .audit.digests import Sealed
-from .config import STATE_DIR_NAME
 from .errors import AlreadyRunning, BadEntry, DiskError, os_failure
 from .fsio import (
     CREATE_FLAGS,
@@ -48,7 +47,18 @@ from .fsio import (
     write_all,
     write_synced,
 )
-from .projector import INPUT, WEBHOOK_FLOW, AdoptWebhook, Append, Op, ReplaceJson, TaskFile, View, WebhookBuffer
+from .projector import (
+    INPUT,
+    STATE_DIR_NAME,
+    WEBHOOK_FLOW,
+    AdoptWebhook,
+    Append,
+    Op,
+    ReplaceJson,
+    TaskFile,
+    View,
+    WebhookBuffer,
+)
 from .wire import Event
 from .writer import DirKey, Plan, SyncMode, WriterProcess, view_bytes, webhook_dir
 

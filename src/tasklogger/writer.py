@@ -49,9 +49,9 @@ import orjson
 import structlog
 
 from .audit.digests import Sealed, seal_batch, undo_seals
-from .config import STATE_DIR_NAME
 from .errors import BadEntry
 from .fsio import APPEND_FLAGS, CREATE_FLAGS, DIR_FLAGS, Syncer, open_dir, syncfs, write_file, write_synced
+from .projector import STATE_DIR_NAME
 
 log = structlog.get_logger(__name__)
 

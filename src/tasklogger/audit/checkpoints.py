@@ -24,9 +24,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from .. import records
-from ..config import STATE_DIR_NAME
 from ..fsio import APPEND_FLAGS, DIR_FLAGS, end_of_whole_lines, read_file, write_synced
-from ..projector import JSON_FILES
+from ..projector import JSON_FILES, STATE_DIR_NAME
 from .chain import last_line
 from .digests import now_iso
 

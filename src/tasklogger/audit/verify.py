@@ -17,10 +17,9 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .. import records
-from ..config import STATE_DIR_NAME
 from ..errors import UnsafeTaskId
 from ..fsio import DIR_FLAGS, read_file
-from ..projector import FINAL_RESULT, TASK_FILES
+from ..projector import FINAL_RESULT, STATE_DIR_NAME, TASK_FILES
 from ..wire import check_name
 from .chain import (
     CHANGED,
