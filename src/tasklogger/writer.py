@@ -50,7 +50,7 @@ import structlog
 
 from .audit.digests import Sealed, seal_batch, undo_seals
 from .errors import BadEntry
-from .fsio import APPEND_FLAGS, CREATE_FLAGS, DIR_FLAGS, Syncer, open_dir, syncfs, write_file, write_synced
+from .fsio import APPEND_FLAGS, CREATE_FLAGS, DIR_FLAGS, Syncer, open_dir, syncfs, write_all, write_file, write_synced
 from .projector import STATE_DIR_NAME
 
 log = structlog.get_logger(__name__)
@@ -171,9 +171,10 @@ class _Run:
             else:
                 started = time.perf_counter()
                 self._write_json_views(synced=True)
-                self._append_records(synced=True)
-                self._write_markers()  # after the records they route are fsynced
-                writer.syncer.fsync_all(self._fds_of(self.sync_dirs | writer.removed_dirs))
+                self._append_records_synced()
+                if plan.markers:
+                    self._write_markers()  # after the records they route are fsynced
+                    writer.syncer.fsync_all(self._fds_of(self.sync_dirs))
                 out.sync_seconds = time.perf_counter() - started
                 self.digests, waited = self._seal(durable=True)  # once the records are durable, before the XACK
                 out.sync_seconds += waited
@@ -210,7 +211,7 @@ class _Run:
         if self.plan.views:
             self._write_json_views(synced=False)
             waited += _timed(syncfs, root)
-        self._append_records(synced=False)
+        self._append_records()
         waited += _timed(syncfs, root)
         self._write_markers()
         # If that last sync fails, the batch is cut back and written again from its redelivery: the same bytes
@@ -235,16 +236,35 @@ class _Run:
             self.sync_dirs.add((task_id,))
         self.jobs.run_all(jobs)
 
-    def _append_records(self, *, synced: bool) -> None:
-        """One write (and with per-file sync one fsync) per touched file, all files at once on the pool."""
+    def _append_records(self) -> None:
+        """One write per touched file (syncfs makes them durable)."""
         jobs: list[Callable[[], None]] = []
-        write = write_synced if synced else write_file
+        write = write_file
         self._create_task_dirs({key for key, *_rest in self.plan.appends if len(key) == 1})
         for key, name, exists, _size, data in self.plan.appends:
             if not exists:
                 self.sync_dirs.add(key)  # the new file's directory entry must be durable too
             jobs.append(partial(write, self._ensure_dir(key), name, APPEND_FLAGS, data))
         self.jobs.run_all(jobs)
+
+    def _append_records_synced(self) -> None:
+        """Per-file sync: write every file, then fsync the files and every directory that gained or lost an entry
+        (new files, renamed views, created directories, removed buffers) all at once, so that one journal commit
+        serves them all instead of one for the files and another for the directories."""
+        self._create_task_dirs({key for key, *_rest in self.plan.appends if len(key) == 1})
+        opened: list[int] = []
+        jobs: list[Callable[[], None]] = []
+        for key, name, exists, _size, data in self.plan.appends:
+            if not exists:
+                self.sync_dirs.add(key)  # the new file's directory entry must be durable too
+            jobs.append(partial(_open_and_write, self._ensure_dir(key), name, data, opened))
+        try:
+            self.jobs.run_all(jobs)
+            dirs, self.sync_dirs = self.sync_dirs | self.writer.removed_dirs, set()
+            self.jobs.run_all([partial(os.fsync, fd) for fd in [*opened, *self._fds_of(dirs)]])
+        finally:
+            for fd in opened:
+                os.close(fd)
 
     def _write_markers(self) -> None:
         """Webhook -> task mappings, made only once the records they route are durable: a mapping that outlived a
@@ -359,6 +379,12 @@ def _replace_file(write: Callable[[int, str, int, bytes], None], dir_fd: int, na
     sync, the temp file is fsynced before the rename publishes it; the directory sync makes the rename durable."""
     write(dir_fd, f".{name}.tmp", CREATE_FLAGS, content)
     os.rename(f".{name}.tmp", name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def _open_and_write(dir_fd: int, name: str, data: bytes, opened: list[int]) -> None:
+    fd = os.open(name, APPEND_FLAGS, 0o644, dir_fd=dir_fd)
+    opened.append(fd)  # closed by the caller, after the fsync round
+    write_all(fd, data)
 
 
 def _make_marker(task_id: str, name: str, dir_fd: int) -> None:

@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -33,8 +33,8 @@ from ..fsio import (
     exists_at,
     read_file,
     syncfs,
+    write_all,
     write_file,
-    write_synced,
 )
 from ..projector import FINAL_RESULT, JSONL_FILES, TASK_FILES
 from .chain import last_line
@@ -276,11 +276,22 @@ def _write_durably(
         if durable:
             syncfs(root_fd)  # one call covers the data and any new digest file's directory entry
         return
-    jobs: list[Callable[[], None]] = [
-        partial(write_synced, dir_fd, DIGESTS, APPEND_FLAGS, line) for dir_fd, _task, line, _size, _sealed in planned
-    ]
-    syncer.run_all(jobs)
-    syncer.fsync_all([dir_fd for dir_fd, _task, _line, size, _sealed in planned if size == 0])
+    # Write every digest, then fsync them and the directories of new digest files in one round (one journal
+    # commit for all).
+    opened: list[int] = []
+    try:
+        syncer.run_all([partial(_open_and_append, dir_fd, line, opened) for dir_fd, _task, line, *_rest in planned])
+        new_dirs = [dir_fd for dir_fd, _task, _line, size, _sealed in planned if size == 0]
+        syncer.fsync_all([*opened, *new_dirs])
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+def _open_and_append(dir_fd: int, line: bytes, opened: list[int]) -> None:
+    fd = os.open(DIGESTS, APPEND_FLAGS, 0o644, dir_fd=dir_fd)
+    opened.append(fd)
+    write_all(fd, line)
 
 
 def jsonl_names() -> tuple[str, ...]:
