@@ -143,6 +143,16 @@ def write_synced(dir_fd: int, name: str, flags: int, data: bytes) -> None:
         os.close(fd)
 
 
+def truncate_synced(dir_fd: int, name: str, size: int) -> None:
+    """Cut ``name`` back to ``size`` bytes and fsync it (never through a symlink)."""
+    fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Syncer:
     """Runs a batch's file work on a small thread pool: creating a file and fsync release the GIL, so the
     kernel's share of many files overlaps across cores and the disk queue instead of adding up."""

@@ -44,6 +44,7 @@ from .fsio import (
     filesystem_type,
     open_dir,
     read_file,
+    truncate_synced,
     write_all,
     write_synced,
 )
@@ -372,12 +373,7 @@ class Store:
             os.close(fd)
         if head.size != size:
             log.warning("cut partial tail", file=relpath, size=size, kept=head.size)
-            wfd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-            try:
-                os.ftruncate(wfd, head.size)
-                os.fsync(wfd)
-            finally:
-                os.close(wfd)
+            truncate_synced(dir_fd, name, head.size)
         return JsonlFile(key, name, head, exists=True)
 
     def _quarantine(self, relpath: str, offset: int, data: bytes, why: str) -> None:

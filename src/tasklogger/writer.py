@@ -50,7 +50,18 @@ import structlog
 
 from .audit.digests import Sealed, seal_batch, undo_seals
 from .errors import BadEntry
-from .fsio import APPEND_FLAGS, CREATE_FLAGS, DIR_FLAGS, Syncer, open_dir, syncfs, write_all, write_file, write_synced
+from .fsio import (
+    APPEND_FLAGS,
+    CREATE_FLAGS,
+    DIR_FLAGS,
+    Syncer,
+    open_dir,
+    syncfs,
+    truncate_synced,
+    write_all,
+    write_file,
+    write_synced,
+)
 from .projector import STATE_DIR_NAME
 
 log = structlog.get_logger(__name__)
@@ -357,12 +368,7 @@ class _Run:
                 if not exists:
                     os.unlink(name, dir_fd=dir_fd)
                     continue
-                fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-                try:
-                    os.ftruncate(fd, size)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                truncate_synced(dir_fd, name, size)
             except OSError:
                 pass  # the next batch's recovery cuts any partial tail and the dedup skips what is complete
 

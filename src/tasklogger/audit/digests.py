@@ -33,6 +33,7 @@ from ..fsio import (
     exists_at,
     read_file,
     syncfs,
+    truncate_synced,
     write_all,
     write_file,
 )
@@ -242,12 +243,7 @@ def _digest_head(dir_fd: int, task_id: str) -> tuple[int, int, bytes, dict[str, 
 
 
 def _truncate(dir_fd: int, size: int) -> None:
-    fd = os.open(DIGESTS, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    try:
-        os.ftruncate(fd, size)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    truncate_synced(dir_fd, DIGESTS, size)
 
 
 def undo_seals(root_fd: int, sealed: list[Sealed]) -> None:
