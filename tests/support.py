@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis
 
 from tasklogger.config import Settings
@@ -284,3 +285,54 @@ def running_service(logs_dir: Path, redis_url: str, **kwargs: Any) -> Iterator[S
         yield proc
     finally:
         proc.kill()
+
+
+# -- child processes ------------------------------------------------------------------------------------------------
+
+
+def gone(proc: psutil.Process) -> bool:
+    """Whether ``proc`` has exited (a zombie counts as exited)."""
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def writer_children(parent: psutil.Process, logs_dir: Path) -> list[psutil.Process]:
+    """The live (not zombie) ``python -m tasklogger.writer`` children of ``parent`` that write ``logs_dir``."""
+    found = []
+    for child in parent.children():
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            cmdline = child.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if "tasklogger.writer" in cmdline:
+            root = cmdline[cmdline.index("tasklogger.writer") + 1 :][:1]
+            if root and Path(root[0]).resolve() == logs_dir.resolve():
+                found.append(child)
+    return found
+
+
+def the_writer(parent: psutil.Process, logs_dir: Path, *, timeout: float = 10.0) -> psutil.Process:
+    """``parent``'s one writer child for ``logs_dir`` (waiting for it to be started)."""
+    found: list[psutil.Process] = []
+
+    def one() -> bool:
+        found[:] = writer_children(parent, logs_dir)
+        return len(found) == 1
+
+    wait_until(one, timeout=timeout, what=f"one writer child of pid {parent.pid} for {logs_dir}")
+    return found[0]
+
+
+def exited(child: psutil.Process) -> bool:
+    """Whether ``child`` (of this process) has exited for good, as ``waitpid`` sees it; it is not reaped here.
+
+    A killed writer shows as a zombie in /proc as soon as its main thread is gone, but its other threads (the
+    fsync pool) still hold its descriptors for a moment: only then can its parent see it exit."""
+    try:
+        return os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True  # reaped already (by the store)

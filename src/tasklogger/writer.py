@@ -32,6 +32,7 @@ import fcntl
 import hashlib
 import os
 import pickle
+import queue
 import signal
 import struct
 import subprocess
@@ -40,6 +41,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -459,21 +461,19 @@ class WriterProcess:
         self._child: _Child | None = None
         #: The child writing the plan last sent, until its outcome is received.
         self._awaiting: _Child | None = None
-        self._children: list[_Child] = []
+        self._spawner = _Spawner()
         # A store dropped without close() still stops its child (and closes the pipes) when collected.
-        weakref.finalize(self, _Child.stop_all, self._children)
+        weakref.finalize(self, self._spawner.stop)
 
     def start(self) -> None:
-        """Start the child (from the thread that lives as long as the store: the kernel's parent-death signal
-        follows the thread that started it)."""
+        """Start the child now rather than at the first plan."""
         with self._lock:
             if self._child is None or not self._child.alive():
                 self._start()
 
     def _start(self) -> _Child:
         command = [sys.executable, "-m", "tasklogger.writer", str(self.root), "--parent", str(os.getpid())]
-        self._child = _Child([*command, *self.args])
-        self._children.append(self._child)
+        self._child = self._spawner.spawn([*command, *self.args])
         return self._child
 
     def write(self, plan: Plan) -> Outcome:
@@ -489,12 +489,12 @@ class WriterProcess:
             if child is None or not child.alive():
                 if child is not None:
                     log.error("the writer process had died; starting a new one", returncode=child.process.returncode)
-                    child.stop()
+                    self._spawner.retire(child)
                 child = self._start()
             try:
                 _send(child.inbox, plan)
             except OSError as exc:
-                child.stop()
+                self._failed(child)
                 raise OSError(errno.EIO, f"the writer process failed: {exc}") from None
             self._awaiting = child
 
@@ -506,15 +506,70 @@ class WriterProcess:
             try:
                 outcome: Outcome = _recv(child.outbox)
             except (OSError, EOFError) as exc:
-                child.stop()
+                self._failed(child)
                 raise OSError(errno.EIO, f"the writer process failed: {exc}") from None
             return outcome
 
+    def _failed(self, child: _Child) -> None:
+        """A child that could not take or answer a plan is stopped; the next plan starts a new one."""
+        self._spawner.retire(child)
+        if self._child is child:
+            self._child = None
+
     def close(self) -> None:
-        """Close the child's stdin (it exits) and wait for it."""
+        """Close the child's stdin (it exits), wait for it, and end the spawning thread."""
         with self._lock:
-            _Child.stop_all(self._children)
+            self._spawner.stop()
             self._child = self._awaiting = None
+
+
+class _Spawner:
+    """Starts and stops the writer children from one thread of its own.
+
+    The kernel sends a child its parent-death signal when the *thread* that forked it ends, not the process. A
+    child restarted from the consumer's thread would die with that thread; forked by this thread, which lives as
+    long as the store, it dies with the process."""
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue[tuple[list[str], Future[_Child]] | None] = queue.SimpleQueue()
+        self._children: list[_Child] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="writer-spawner", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (request := self._requests.get()) is not None:
+            command, future = request
+            try:
+                future.set_result(_Child(command))
+            except BaseException as exc:  # e.g. no more processes: the caller's write fails with it
+                future.set_exception(exc)
+
+    def spawn(self, command: list[str]) -> _Child:
+        """A new child running ``command``, forked by the spawning thread."""
+        future: Future[_Child] = Future()
+        self._requests.put((command, future))
+        child = future.result()
+        with self._lock:
+            self._children.append(child)
+        return child
+
+    def retire(self, child: _Child) -> None:
+        """Stop ``child`` and forget it."""
+        child.stop()
+        with self._lock:
+            if child in self._children:
+                self._children.remove(child)
+
+    def stop(self) -> None:
+        """Stop every child, then the thread (idempotent)."""
+        with self._lock:
+            children, self._children = self._children, []
+        for child in children:
+            child.stop()
+        if self._thread.is_alive():
+            self._requests.put(None)
+            self._thread.join(5)
 
 
 class _Child:
@@ -548,11 +603,6 @@ class _Child:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-    @staticmethod
-    def stop_all(children: list[_Child]) -> None:
-        while children:
-            children.pop().stop()
 
 
 # -- the child ----------------------------------------------------------------------------------------------------

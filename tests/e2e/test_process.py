@@ -22,7 +22,7 @@ import redis
 
 import tasklogger
 from tests.faults import ids_on_disk, pending_count
-from tests.support import RedisProcess, free_port, wait_until
+from tests.support import RedisProcess, free_port, gone, wait_until
 
 STREAM = "task_events"
 GROUP = "task-logger"
@@ -310,13 +310,6 @@ def _redis_children(pid: int) -> list[psutil.Process]:
     return [p for p in psutil.Process(pid).children(recursive=True) if "server" in " ".join(p.cmdline())]
 
 
-def _gone(proc: psutil.Process) -> bool:
-    try:
-        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def test_embedded_redis_dies_with_tasklogger_and_keeps_its_data(tmp_path: Path) -> None:
     logs_dir = tmp_path / "logs"
     env = _env(logs_dir, None, TASKLOGGER_EMBEDDED_REDIS_PORT="0")
@@ -345,10 +338,10 @@ def test_embedded_redis_dies_with_tasklogger_and_keeps_its_data(tmp_path: Path) 
         client.close()
         published = [i.decode() for i in ids]
 
-        assert not any(_gone(c) for c in children)
+        assert not any(gone(c) for c in children)
         os.kill(first.pid, signal.SIGKILL)
         first.stop()
-        wait_until(lambda: all(_gone(c) for c in children), timeout=5, what="the embedded redis-server to exit")
+        wait_until(lambda: all(gone(c) for c in children), timeout=5, what="the embedded redis-server to exit")
         assert (logs_dir / ".tasklogger" / "redis").is_dir()
 
         restarted = Cli(tmp_path, dict(env, PORT=str(free_port())), "serve").start()
@@ -372,5 +365,5 @@ def test_embedded_redis_dies_with_tasklogger_and_keeps_its_data(tmp_path: Path) 
             if cli is not None:
                 cli.stop()
         for child in children:  # never leave a server behind, even when the test failed
-            if not _gone(child):
+            if not gone(child):
                 child.kill()

@@ -15,7 +15,7 @@ import psutil
 from tasklogger.index import Query, Reader
 from tasklogger.indexer import rebuild
 from tests.integration.http_helpers import request
-from tests.support import Publisher, ServiceProcess, group_drained, wait_until
+from tests.support import Publisher, ServiceProcess, gone, group_drained, wait_until
 
 
 def publish_tasks(pub: Publisher, prefix: str, count: int, *, outputs: int = 3) -> None:
@@ -185,19 +185,12 @@ def test_a_killed_indexer_process_is_replaced_and_catches_up(
         workers = [c for c in psutil.Process(proc.process.pid).children() if "index_worker" in " ".join(c.cmdline())]
         assert len(workers) == 1
         workers[0].kill()
-        wait_until(lambda: _gone(workers[0]), what="the indexer process to die")
+        wait_until(lambda: gone(workers[0]), what="the indexer process to die")
         publish_tasks(publisher, "l", 3)
         wait_until(lambda: len(listed(proc.port)) == 5, timeout=30, what="a new indexer process to catch up")
         assert "indexer process ended" in proc.output()
     finally:
         proc.kill()
-
-
-def _gone(process: psutil.Process) -> bool:
-    try:
-        return process.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def test_without_an_index_tasks_is_503_and_a_summary_comes_from_the_files(
