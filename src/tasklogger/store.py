@@ -342,7 +342,9 @@ class Store:
         relpath = "/".join((*key, name))
         empty = Head(0, records.genesis(relpath), None, None, 0)
         dir_fd = self._dir_fd(batch, key)
-        if dir_fd is None:
+        # Most files looked up here do not exist yet (a new task's): asking first is one system call and no
+        # exception, where a failed open costs both.
+        if dir_fd is None or not os.access(name, os.F_OK, dir_fd=dir_fd, follow_symlinks=False):
             return JsonlFile(key, name, empty, exists=False)
         try:
             fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
@@ -443,9 +445,10 @@ class Store:
             return cached  # type: ignore[no-any-return]
         dir_fd = self._dir_fd(batch, webhook_dir(webhook_id))
         task: str | None = None
-        if dir_fd is not None:
+        marker = f"{webhook_id}.task"
+        if dir_fd is not None and os.access(marker, os.F_OK, dir_fd=dir_fd, follow_symlinks=False):
             with contextlib.suppress(FileNotFoundError):
-                task = os.readlink(f"{webhook_id}.task", dir_fd=dir_fd)
+                task = os.readlink(marker, dir_fd=dir_fd)
         self._webhook_tasks.put(webhook_id, task)
         return task
 

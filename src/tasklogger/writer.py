@@ -16,8 +16,10 @@ calls. In one interpreter the two contend for the GIL (every return from a syste
 let go), and measured, building and writing side by side in threads was slower than doing them one after the
 other. The child has its own interpreter: the next batch is built at full speed while this one is written.
 
-The child (``python -m tasklogger.writer``) reads one plan at a time from its stdin and answers with an
-``Outcome`` on its stdout (length-prefixed pickles: the pipe joins two processes of the same program). It dies
+The child (``python -m tasklogger.writer``) takes one plan at a time and answers with an ``Outcome`` on its
+stdout: pickles, since the two ends are the same program. A plan is copied into memory both processes map (a
+memfd), and only its length goes down the child's stdin, so handing over a batch's megabytes never waits for the
+child to read them. It dies
 with the service: the kernel kills it when its parent exits, even by ``kill -9`` (PR_SET_PDEATHSIG), so it never
 writes behind a restarted instance's back; it also ends when its stdin closes.
 """
@@ -28,8 +30,8 @@ import argparse
 import contextlib
 import ctypes
 import errno
-import fcntl
 import hashlib
+import mmap
 import os
 import pickle
 import queue
@@ -73,9 +75,12 @@ SyncMode = Literal["auto", "fs", "file"]
 #: In ``auto`` mode, a batch touching fewer files than this is fsynced file by file even where syncfs is allowed.
 SYNCFS_MIN_FILES = 8
 WEBHOOKS_DIR = "webhooks"
-_LENGTH = struct.Struct("<Q")
+#: A message's header: where its pickle is (inline after the header, or in the shared memory) and its size.
+_HEADER = struct.Struct("<BQ")
+_INLINE, _SHARED = 0, 1
+#: The shared memory a plan is handed over in (sparse: only what the largest plan touched is resident).
+SHARED_BYTES = 64 << 20
 _PR_SET_PDEATHSIG = 1
-_F_SETPIPE_SZ = 1031
 
 
 @dataclass(slots=True)
@@ -414,18 +419,26 @@ def view_bytes(doc: dict[str, Any]) -> bytes:
 # -- the pipe between the store and the child ---------------------------------------------------------------------
 
 
-def _send(fd: int, obj: Any) -> None:
+def _send(fd: int, obj: Any, shared: mmap.mmap | None = None) -> None:
+    """Send ``obj`` on the pipe ``fd``; through ``shared`` memory (the pipe then carries only its length) when it
+    fits: copying a batch's megabytes there never waits for the reader, where a full pipe would."""
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    view = memoryview(_LENGTH.pack(len(data)) + data)
-    while view:
-        view = view[os.write(fd, view) :]
+    if shared is not None and len(data) <= len(shared):
+        shared[: len(data)] = data
+        write_all(fd, _HEADER.pack(_SHARED, len(data)))
+        return
+    write_all(fd, _HEADER.pack(_INLINE, len(data)) + data)
 
 
-def _recv(fd: int) -> Any:
+def _recv(fd: int, shared: mmap.mmap | None = None) -> Any:
     """The next message, or raise EOFError when the other side closed the pipe."""
-    header = _read_exactly(fd, _LENGTH.size)
-    (size,) = _LENGTH.unpack(header)
-    return pickle.loads(_read_exactly(fd, size))  # only ever the store and its own child at either end
+    kind, size = _HEADER.unpack(_read_exactly(fd, _HEADER.size))
+    if kind == _SHARED:
+        assert shared is not None, "a message in shared memory, and none was mapped"
+        data = shared[:size]
+    else:
+        data = _read_exactly(fd, size)
+    return pickle.loads(data)  # only ever the store and its own child at either end
 
 
 def _read_exactly(fd: int, size: int) -> bytes:
@@ -492,7 +505,7 @@ class WriterProcess:
                     self._spawner.retire(child)
                 child = self._start()
             try:
-                _send(child.inbox, plan)
+                _send(child.inbox, plan, child.shared)
             except OSError as exc:
                 self._failed(child)
                 raise OSError(errno.EIO, f"the writer process failed: {exc}") from None
@@ -573,36 +586,43 @@ class _Spawner:
 
 
 class _Child:
-    """A started writer child and our ends of its two pipes (raw descriptors)."""
+    """A started writer child, our ends of its two pipes (raw descriptors) and the memory plans are sent in."""
 
     def __init__(self, command: list[str]) -> None:
+        self.shared_fd = os.memfd_create("tasklogger-plans", os.MFD_CLOEXEC)
+        os.ftruncate(self.shared_fd, SHARED_BYTES)
+        self.shared: mmap.mmap | None = mmap.mmap(self.shared_fd, SHARED_BYTES)
         child_in, self.inbox = os.pipe()
         self.outbox, child_out = os.pipe()
         try:
-            self.process = subprocess.Popen(command, stdin=child_in, stdout=child_out, close_fds=True)
+            self.process = subprocess.Popen(
+                [*command, "--shared-fd", str(self.shared_fd)],
+                stdin=child_in, stdout=child_out, close_fds=True, pass_fds=(self.shared_fd,),
+            )  # fmt: skip
         finally:
             os.close(child_in)
             os.close(child_out)
         for fd in (self.inbox, self.outbox):
             os.set_inheritable(fd, False)
-        with contextlib.suppress(OSError):  # a bigger pipe: a batch's megabytes in fewer wake-ups
-            fcntl.fcntl(self.inbox, _F_SETPIPE_SZ, 1 << 20)
 
     def alive(self) -> bool:
         return self.inbox >= 0 and self.process.poll() is None
 
     def stop(self) -> None:
-        """Close our ends (the child reads EOF and exits) and reap it."""
-        for fd in (self.inbox, self.outbox):
+        """Close our ends (the child reads EOF and exits), reap it, and unmap the shared memory."""
+        for fd in (self.inbox, self.outbox, self.shared_fd):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self.inbox = self.outbox = -1
+        self.inbox = self.outbox = self.shared_fd = -1
         try:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None
 
 
 # -- the child ----------------------------------------------------------------------------------------------------
@@ -615,11 +635,12 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def serve(writer: PlanWriter, inbox: int, outbox: int) -> None:
-    """Write each plan read from ``inbox`` and answer with its Outcome on ``outbox``, until ``inbox`` closes."""
+def serve(writer: PlanWriter, inbox: int, outbox: int, shared: mmap.mmap | None = None) -> None:
+    """Write each plan read from ``inbox`` (or ``shared``) and answer with its Outcome on ``outbox``, until
+    ``inbox`` closes."""
     while True:
         try:
-            plan: Plan = _recv(inbox)
+            plan: Plan = _recv(inbox, shared)
         except EOFError:
             return
         try:
@@ -644,6 +665,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fsync-threads", type=int, default=8)
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", default="console")
+    parser.add_argument("--shared-fd", type=int, default=None, help="memfd the store hands plans over in")
     args = parser.parse_args(argv)
     _die_with_parent(args.parent)
     # A Ctrl-C (or a stop signal sent to the whole group) is the service's to handle: it finishes the batch in
@@ -654,8 +676,9 @@ def main(argv: list[str] | None = None) -> None:
 
     configure(args.log_level, args.log_format)
     writer = PlanWriter(args.root, sync_mode=args.sync_mode, fs_sync=args.fs_sync, fsync_threads=args.fsync_threads)
+    shared = mmap.mmap(args.shared_fd, 0) if args.shared_fd is not None else None
     try:
-        serve(writer, sys.stdin.fileno(), sys.stdout.fileno())
+        serve(writer, sys.stdin.fileno(), sys.stdout.fileno(), shared)
     finally:
         writer.close()
 
