@@ -1,10 +1,10 @@
-"""The store: the only code that writes to the logs directory.
+"""The store: builds each batch in memory and has the writer (writer.py) make it durable.
 
-A batch collects the operations of many events in memory, then ``commit`` makes all of them durable at once
-(group commit): JSON views are written to temp files, fsynced and renamed; JSONL records are appended with one
-write and one fsync per touched file; every directory that gained or lost an entry is fsynced; only then does
-``commit`` return and the caller may XACK. Nothing here is acknowledged on a failure: the batch's appends are
-cut back, every cached head is dropped, and the caller retries the same entries after a back-off.
+A batch collects the operations of many events in memory (group commit); ``seal`` freezes it and ``send`` hands
+it to the writer child process, which replaces the JSON views (temp file, rename), appends the JSONL records with
+one write per touched file, makes every step durable, and seals ended tasks; ``receive`` returns once all of it
+is durable, and only then may the caller XACK. Nothing is acknowledged on a failure: the writer cuts the batch's
+appends back, every cached head is dropped, and the caller retries the same entries after a back-off.
 
 Exactly once: every JSONL record carries its stream entry id; the store keeps each file's chain head (seq, hash,
 highest id, valid size), recovered from the file's last line when the file is first touched, and skips a record
@@ -131,7 +131,7 @@ class CommitResult:
 class _Lru(OrderedDict[Any, Any]):
     """A dict that forgets its least recently used entries beyond ``limit``: memory stays flat over 1M tasks.
 
-    Locked, because a committing batch (on the commit thread) and the next batch being built share them."""
+    Locked: ``Batch.commit`` may be called from any thread (the consumer builds and finishes batches on one)."""
 
     def __init__(self, limit: int) -> None:
         super().__init__()
@@ -167,7 +167,8 @@ _NO_VIEW = View()
 
 
 class Store:
-    """Owns every byte under the logs directory. Not thread-safe: one batch at a time, from one thread."""
+    """Owns the logs directory: its lock, its state and the writer process. One batch is built at a time, while
+    at most one sealed batch is being written."""
 
     def __init__(
         self,
