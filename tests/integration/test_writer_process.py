@@ -172,116 +172,117 @@ def test_writer_killed_mid_drain_is_a_fault_the_consumer_recovers_from(
 # -- the store ---------------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def store(logs_dir: Path) -> Iterator[Store]:
+    with contextlib.closing(Store(logs_dir, fsync_threads=4)) as opened:
+        opened.open()
+        yield opened
+
+
 def agent_ids(logs_dir: Path, task_id: str) -> list[str]:
     return [str(b["id"]) for b in records_on_disk(logs_dir)[f"{task_id}/{AGENT}"]]
 
 
-def test_writer_killed_between_commits_is_restarted_by_the_next_commit(logs_dir: Path) -> None:
+def test_writer_killed_between_commits_is_restarted_by_the_next_commit(store: Store, logs_dir: Path) -> None:
     me = psutil.Process()
-    with contextlib.closing(Store(logs_dir, fsync_threads=4)) as store:
-        store.open()
-        apply_all(store, [event("1-0", "task:created", task_id="t1", source="github")])
-        first = the_writer(me, logs_dir)
-        first.send_signal(signal.SIGKILL)
-        wait_until(lambda: exited(first), timeout=5, what="the killed writer to exit")
+    apply_all(store, [event("1-0", "task:created", task_id="t1", source="github")])
+    first = the_writer(me, logs_dir)
+    first.send_signal(signal.SIGKILL)
+    wait_until(lambda: exited(first), timeout=5, what="the killed writer to exit")
 
-        # The store sees the child has exited before it sends anything: it starts a new one and the commit succeeds.
-        # (Had the next commit begun before the child's exit was complete, the plan would have gone into a pipe
-        # nobody reads and the commit would have failed with DiskError, like a kill during a commit, below.)
-        batch = [
-            event("2-0", "task:output", task_id="t1", content="a"),
-            event("3-0", "task:completed", task_id="t1", exit_code="0"),
-        ]
-        assert apply_all(store, batch) == [True, True]
-        assert not first.is_running()  # reaped
-        second = the_writer(me, logs_dir)
-        assert second.pid != first.pid
-        assert agent_ids(logs_dir, "t1") == ["1-0", "2-0", "3-0"]
+    # The store sees the child has exited before it sends anything: it starts a new one and the commit succeeds.
+    # (Had the next commit begun before the child's exit was complete, the plan would have gone into a pipe
+    # nobody reads and the commit would have failed with DiskError, like a kill during a commit, below.)
+    batch = [
+        event("2-0", "task:output", task_id="t1", content="a"),
+        event("3-0", "task:completed", task_id="t1", exit_code="0"),
+    ]
+    assert apply_all(store, batch) == [True, True]
+    assert not first.is_running()  # reaped
+    second = the_writer(me, logs_dir)
+    assert second.pid != first.pid
+    assert agent_ids(logs_dir, "t1") == ["1-0", "2-0", "3-0"]
 
-        # Delivered again (as after a lost XACK), the same events are found on disk: nothing is written twice.
-        assert apply_all(store, batch) == [False, False]
-        assert agent_ids(logs_dir, "t1") == ["1-0", "2-0", "3-0"]
-        assert [r["seq"] for r in records_on_disk(logs_dir)[f"t1/{AGENT}"]] == [1, 2, 3]
-        store.audit.checkpoint("shutdown")
-        report = verify_logs_dir(logs_dir)
-        assert report.ok, [p.text() for p in report.problems]
+    # Delivered again (as after a lost XACK), the same events are found on disk: nothing is written twice.
+    assert apply_all(store, batch) == [False, False]
+    assert agent_ids(logs_dir, "t1") == ["1-0", "2-0", "3-0"]
+    assert [r["seq"] for r in records_on_disk(logs_dir)[f"t1/{AGENT}"]] == [1, 2, 3]
+    store.audit.checkpoint("shutdown")
+    report = verify_logs_dir(logs_dir)
+    assert report.ok, [p.text() for p in report.problems]
 
 
-def test_writer_restarted_from_a_thread_that_ends_outlives_that_thread(logs_dir: Path) -> None:
+def test_writer_restarted_from_a_thread_that_ends_outlives_that_thread(store: Store, logs_dir: Path) -> None:
     # The kernel's parent-death signal follows the thread that forked the child: a child restarted by a commit on
     # a short-lived thread must not die with it (every child is forked by the store's own spawning thread).
     me = psutil.Process()
-    with contextlib.closing(Store(logs_dir, fsync_threads=4)) as store:
-        store.open()
-        first = the_writer(me, logs_dir)
-        first.send_signal(signal.SIGKILL)
-        wait_until(lambda: exited(first), timeout=5, what="the killed writer to exit")
+    first = the_writer(me, logs_dir)
+    first.send_signal(signal.SIGKILL)
+    wait_until(lambda: exited(first), timeout=5, what="the killed writer to exit")
 
-        results: list[list[bool]] = []
-        worker = threading.Thread(
-            target=lambda: results.append(apply_all(store, [event("1-0", "task:output", task_id="t1", text="a")]))
-        )
-        worker.start()
-        worker.join(30)
-        assert results == [[True]]
-        second = the_writer(me, logs_dir)
-        assert second.pid != first.pid
-        with pytest.raises(psutil.TimeoutExpired):
-            second.wait(0.5)  # the thread that asked for it has ended; the child lives on
-        assert second.status() != psutil.STATUS_ZOMBIE
+    results: list[list[bool]] = []
+    worker = threading.Thread(
+        target=lambda: results.append(apply_all(store, [event("1-0", "task:output", task_id="t1", text="a")]))
+    )
+    worker.start()
+    worker.join(30)
+    assert results == [[True]]
+    second = the_writer(me, logs_dir)
+    assert second.pid != first.pid
+    with pytest.raises(psutil.TimeoutExpired):
+        second.wait(0.5)  # the thread that asked for it has ended; the child lives on
+    assert second.status() != psutil.STATUS_ZOMBIE
 
-        assert apply_all(store, [event("2-0", "task:output", task_id="t1", text="b")]) == [True]
-        assert the_writer(me, logs_dir).pid == second.pid  # no restart was needed
-        assert agent_ids(logs_dir, "t1") == ["1-0", "2-0"]
+    assert apply_all(store, [event("2-0", "task:output", task_id="t1", text="b")]) == [True]
+    assert the_writer(me, logs_dir).pid == second.pid  # no restart was needed
+    assert agent_ids(logs_dir, "t1") == ["1-0", "2-0"]
 
 
-def test_writer_killed_during_a_commit_fails_it_once_and_the_retry_commits(logs_dir: Path) -> None:
+def test_writer_killed_during_a_commit_fails_it_once_and_the_retry_commits(store: Store, logs_dir: Path) -> None:
     me = psutil.Process()
-    with contextlib.closing(Store(logs_dir, fsync_threads=4)) as store:
-        store.open()
-        apply_all(store, [event("1-0", "task:created", task_id="t1", source="github")])
-        first = the_writer(me, logs_dir)
-        batch = [
-            event("2-0", "task:output", task_id="t1", content="a"),
-            event("2-1", "task:output", task_id="t2", content="b"),
-            event("3-0", "task:completed", task_id="t1", exit_code="0"),
-        ]
-        failures: list[BaseException] = []
+    apply_all(store, [event("1-0", "task:created", task_id="t1", source="github")])
+    first = the_writer(me, logs_dir)
+    batch = [
+        event("2-0", "task:output", task_id="t1", content="a"),
+        event("2-1", "task:output", task_id="t2", content="b"),
+        event("3-0", "task:completed", task_id="t1", exit_code="0"),
+    ]
+    failures: list[BaseException] = []
 
-        def commit() -> None:
-            try:
-                apply_all(store, batch)
-            except BaseException as exc:
-                failures.append(exc)
-
-        committer = threading.Thread(target=commit)
+    def commit() -> None:
         try:
-            with stopped_then_killed(first):  # idle, blocked reading its next plan: stopped before it reads this one
-                committer.start()
-                wait_for_a_write_in_flight(first)
-        finally:
-            if committer.ident is not None:
-                committer.join(15)
-        assert not committer.is_alive()
-        assert len(failures) == 1 and isinstance(failures[0], DiskError), failures
-        assert failures[0].kind == "disk_io_error"
-        assert "the writer process failed" in str(failures[0])
-        assert not first.is_running()  # reaped by the failed write
-        assert not writer_children(me, logs_dir)  # no new child until the next write
-        # The child was stopped before it read the plan: nothing of the batch reached the disk.
-        assert agent_ids(logs_dir, "t1") == ["1-0"]
-        assert not (logs_dir / "t2").exists()
+            apply_all(store, batch)
+        except BaseException as exc:
+            failures.append(exc)
 
-        # The retry of the same events (the consumer redelivers them) starts a new child and commits each once.
-        assert apply_all(store, batch) == [True, True, True]
-        assert the_writer(me, logs_dir).pid != first.pid
-        assert apply_all(store, batch) == [False, False, False]
-        assert agent_ids(logs_dir, "t1") == ["1-0", "2-0", "3-0"]
-        assert agent_ids(logs_dir, "t2") == ["2-1"]
-        assert ids_on_disk(logs_dir) == Counter(["1-0", "2-0", "2-1", "3-0"])
-        store.audit.checkpoint("shutdown")
-        report = verify_logs_dir(logs_dir)
-        assert report.ok, [p.text() for p in report.problems]
+    committer = threading.Thread(target=commit)
+    try:
+        with stopped_then_killed(first):  # idle, blocked reading its next plan: stopped before it reads this one
+            committer.start()
+            wait_for_a_write_in_flight(first)
+    finally:
+        if committer.ident is not None:
+            committer.join(15)
+    assert not committer.is_alive()
+    assert len(failures) == 1 and isinstance(failures[0], DiskError), failures
+    assert failures[0].kind == "disk_io_error"
+    assert "the writer process failed" in str(failures[0])
+    assert not first.is_running()  # reaped by the failed write
+    assert not writer_children(me, logs_dir)  # no new child until the next write
+    # The child was stopped before it read the plan: nothing of the batch reached the disk.
+    assert agent_ids(logs_dir, "t1") == ["1-0"]
+    assert not (logs_dir / "t2").exists()
+
+    # The retry of the same events (the consumer redelivers them) starts a new child and commits each once.
+    assert apply_all(store, batch) == [True, True, True]
+    assert the_writer(me, logs_dir).pid != first.pid
+    assert apply_all(store, batch) == [False, False, False]
+    assert agent_ids(logs_dir, "t1") == ["1-0", "2-0", "3-0"]
+    assert agent_ids(logs_dir, "t2") == ["2-1"]
+    assert ids_on_disk(logs_dir) == Counter(["1-0", "2-0", "2-1", "3-0"])
+    store.audit.checkpoint("shutdown")
+    report = verify_logs_dir(logs_dir)
+    assert report.ok, [p.text() for p in report.problems]
 
 
 def test_close_leaves_no_writer_child(logs_dir: Path) -> None:
