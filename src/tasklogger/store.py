@@ -189,6 +189,7 @@ class Store:
         self.log_level = log_level
         self.log_format = log_format
         self._writer: WriterProcess | None = None
+        self._closed = False
         self._files: _Lru = _Lru(cache_size)
         # 01-input.json is read back only between a task's created and context_built events, a few batches
         # apart; its enriched prompt can be 50 KB, so few are kept.
@@ -225,6 +226,8 @@ class Store:
 
     def writer(self) -> WriterProcess:
         """The writer child process that makes batches durable (started by ``open``)."""
+        if self._closed:  # e.g. a consumer thread that outlived the stop: its batch stays pending, unwritten
+            raise DiskError(f"the store of {self.root} is closed", errno.EBADF)
         if self._writer is None:
             self._writer = WriterProcess(
                 self.root, sync_mode=self.sync_mode, fs_sync=self.fs_sync, fsync_threads=self.fsync_threads,
@@ -234,16 +237,17 @@ class Store:
         return self._writer
 
     def close(self) -> None:
-        """Release the directory descriptor, the writer lock and the writer process."""
+        """Stop the writer process, then release the directory descriptor and the writer lock."""
+        self._closed = True
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         if self._root_fd >= 0:
             os.close(self._root_fd)
             self._root_fd = -1
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # closing the descriptor releases the flock
             self._lock_fd = -1
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
 
     def lock(self) -> None:
         """Become the only writer of this logs directory; raises AlreadyRunning if another process is.
@@ -343,11 +347,9 @@ class Store:
         relpath = "/".join((*key, name))
         empty = Head(0, records.genesis(relpath), None, None, 0)
         dir_fd = self._dir_fd(batch, key)
-        # Most files looked up here do not exist yet (a new task's): asking first is one system call and no
-        # exception, where a failed open costs both.
-        if dir_fd is None or not os.access(name, os.F_OK, dir_fd=dir_fd, follow_symlinks=False):
+        if dir_fd is None:
             return JsonlFile(key, name, empty, exists=False)
-        try:
+        try:  # only "no such file" means absent: any other error (EIO, EACCES) fails the batch, to be retried
             fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
         except FileNotFoundError:
             return JsonlFile(key, name, empty, exists=False)
@@ -377,6 +379,9 @@ class Store:
         if head.size != size:
             log.warning("cut partial tail", file=relpath, size=size, kept=head.size)
             truncate_synced(dir_fd, name, head.size)
+        # What is found here may have been written but never made durable (by a writer that died, or a process
+        # killed before its sync): the batch that skips records as already stored makes the file durable first.
+        batch.recovered.append((key, name))
         return JsonlFile(key, name, head, exists=True)
 
     def _quarantine(self, relpath: str, offset: int, data: bytes, why: str) -> None:
@@ -446,10 +451,9 @@ class Store:
             return cached  # type: ignore[no-any-return]
         dir_fd = self._dir_fd(batch, webhook_dir(webhook_id))
         task: str | None = None
-        marker = f"{webhook_id}.task"
-        if dir_fd is not None and os.access(marker, os.F_OK, dir_fd=dir_fd, follow_symlinks=False):
-            with contextlib.suppress(FileNotFoundError):
-                task = os.readlink(marker, dir_fd=dir_fd)
+        if dir_fd is not None:
+            with contextlib.suppress(FileNotFoundError):  # any other error fails the batch, to be retried
+                task = os.readlink(f"{webhook_id}.task", dir_fd=dir_fd)
         self._webhook_tasks.put(webhook_id, task)
         return task
 
@@ -460,6 +464,8 @@ class Batch:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.dir_fds: dict[DirKey, int] = {}
+        #: Files whose heads this batch read from disk: made durable with it (see Store._recover).
+        self.recovered: list[tuple[DirKey, str]] = []
         #: Directories found missing while building (none of their files exists: a new task's).
         self.missing_dirs: set[DirKey] = set()
         self.files: dict[tuple[DirKey, str], JsonlFile] = {}
@@ -677,6 +683,7 @@ class Batch:
                 markers=list(self.markers.items()),
                 unlinks=self.unlinks,
                 seal_tasks=sorted(self.touched | self.result.tasks),
+                recovered=self.recovered,
                 signing_key=store.audit.signer.raw if store.audit.signer is not None else None,
             )
             store.writer().send(plan)

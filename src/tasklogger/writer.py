@@ -58,6 +58,7 @@ from .fsio import (
     APPEND_FLAGS,
     CREATE_FLAGS,
     DIR_FLAGS,
+    READ_FLAGS,
     Syncer,
     open_dir,
     syncfs,
@@ -74,6 +75,8 @@ DirKey = tuple[str, ...]
 SyncMode = Literal["auto", "fs", "file"]
 #: In ``auto`` mode, a batch touching fewer files than this is fsynced file by file even where syncfs is allowed.
 SYNCFS_MIN_FILES = 8
+#: Directories the writer remembers as existing (then it forgets them all and mkdirs again as it meets them).
+KNOWN_DIRS_LIMIT = 8192
 WEBHOOKS_DIR = "webhooks"
 #: A message's header: where its pickle is (inline after the header, or in the shared memory) and its size.
 _HEADER = struct.Struct("<BQ")
@@ -99,6 +102,9 @@ class Plan:
     seal_tasks: list[str] = field(default_factory=list)
     #: The raw Ed25519 private key digests are signed with, if any.
     signing_key: bytes | None = None
+    #: (directory, file name) of files whose heads the batch read from disk: fsynced with it, because what a
+    #: writer that died (or a killed process) left there may not be durable, and the batch counts on it.
+    recovered: list[tuple[DirKey, str]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -117,7 +123,7 @@ class PlanWriter:
     """Writes plans under one logs directory (in the child process; tests may use it in-process too)."""
 
     def __init__(self, root: Path, *, sync_mode: SyncMode, fs_sync: bool, fsync_threads: int) -> None:
-        self.root_fd = os.open(root, DIR_FLAGS)
+        self.root_fd = os.open(root, DIR_FLAGS & ~os.O_NOFOLLOW)  # LOGS_DIR itself may be a symlink
         self.sync_mode = sync_mode
         self.fs_sync = fs_sync
         #: Per-file sync: the fsyncs of a batch's files run in parallel (one journal commit serves them all).
@@ -132,10 +138,17 @@ class PlanWriter:
         self._signer_key: bytes | None = None
         self._signer: Any = None
 
+    def remember_dir(self, key: DirKey) -> None:
+        """Note that directory ``key`` exists (a bounded set: memory stays flat over millions of tasks)."""
+        if len(self.known_dirs) >= KNOWN_DIRS_LIMIT:
+            self.known_dirs.clear()
+        self.known_dirs.add(key)
+
     def close(self) -> None:
         """Release the directory descriptor and the fsync threads."""
         os.close(self.root_fd)
         self.syncer.close()
+        self.serial.close()
 
     def write(self, plan: Plan) -> Outcome:
         """Write ``plan`` and make it durable; raises OSError or BadEntry after cutting its appends back."""
@@ -276,6 +289,11 @@ class _Run:
             if not exists:
                 self.sync_dirs.add(key)  # the new file's directory entry must be durable too
             jobs.append(partial(_open_and_write, self._ensure_dir(key), name, data, opened))
+        appended = {(key, name) for key, name, *_rest in self.plan.appends}
+        for key, name in self.plan.recovered:
+            if (key, name) not in appended:  # read from disk and relied upon, not written to: made durable too
+                self.sync_dirs.add(key)
+                jobs.append(partial(_open_existing, self._ensure_dir(key), name, opened))
         try:
             self.jobs.run_all(jobs)
             dirs, self.sync_dirs = self.sync_dirs | self.writer.removed_dirs, set()
@@ -318,7 +336,7 @@ class _Run:
                 continue
             fd, created = outcome
             self.dir_fds[key] = fd
-            writer.known_dirs.add(key)
+            writer.remember_dir(key)
             if created:
                 self.sync_dirs.add(())
 
@@ -342,7 +360,7 @@ class _Run:
                 if exc.errno in (errno.ENOTDIR, errno.ELOOP):  # a file or a symlink where a directory belongs
                     raise BadEntry("task_directory_unsafe", f"{'/'.join(sub)} is not a plain directory") from None
                 raise
-            writer.known_dirs.add(sub)
+            writer.remember_dir(sub)
             self.dir_fds[sub] = fd
             if created:
                 self.sync_dirs.add(sub[:-1])
@@ -392,6 +410,11 @@ def _replace_file(write: Callable[[int, str, int, bytes], None], dir_fd: int, na
     sync, the temp file is fsynced before the rename publishes it; the directory sync makes the rename durable."""
     write(dir_fd, f".{name}.tmp", CREATE_FLAGS, content)
     os.rename(f".{name}.tmp", name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def _open_existing(dir_fd: int, name: str, opened: list[int]) -> None:
+    with contextlib.suppress(FileNotFoundError):  # a buffer moved into its task since: nothing to make durable
+        opened.append(os.open(name, READ_FLAGS, dir_fd=dir_fd))
 
 
 def _open_and_write(dir_fd: int, name: str, data: bytes, opened: list[int]) -> None:
@@ -589,19 +612,27 @@ class _Child:
     """A started writer child, our ends of its two pipes (raw descriptors) and the memory plans are sent in."""
 
     def __init__(self, command: list[str]) -> None:
-        self.shared_fd = os.memfd_create("tasklogger-plans", os.MFD_CLOEXEC)
-        os.ftruncate(self.shared_fd, SHARED_BYTES)
-        self.shared: mmap.mmap | None = mmap.mmap(self.shared_fd, SHARED_BYTES)
-        child_in, self.inbox = os.pipe()
-        self.outbox, child_out = os.pipe()
+        self.shared_fd = self.inbox = self.outbox = -1
+        self.shared: mmap.mmap | None = None
+        child_ends: list[int] = []
         try:
+            self.shared_fd = os.memfd_create("tasklogger-plans", os.MFD_CLOEXEC)
+            os.ftruncate(self.shared_fd, SHARED_BYTES)
+            self.shared = mmap.mmap(self.shared_fd, SHARED_BYTES)
+            child_in, self.inbox = os.pipe()
+            child_ends.append(child_in)
+            self.outbox, child_out = os.pipe()
+            child_ends.append(child_out)
             self.process = subprocess.Popen(
                 [*command, "--shared-fd", str(self.shared_fd)],
                 stdin=child_in, stdout=child_out, close_fds=True, pass_fds=(self.shared_fd,),
             )  # fmt: skip
+        except BaseException:  # no child (fork failed: EAGAIN, ENOMEM): nothing may leak, the next plan retries
+            self._release()
+            raise
         finally:
-            os.close(child_in)
-            os.close(child_out)
+            for fd in child_ends:
+                os.close(fd)
         for fd in (self.inbox, self.outbox):
             os.set_inheritable(fd, False)
 
@@ -610,16 +641,23 @@ class _Child:
 
     def stop(self) -> None:
         """Close our ends (the child reads EOF and exits), reap it, and unmap the shared memory."""
-        for fd in (self.inbox, self.outbox, self.shared_fd):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self.inbox = self.outbox = self.shared_fd = -1
+        self._close_fds()
         try:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self._release()
+
+    def _close_fds(self) -> None:
+        for fd in (self.inbox, self.outbox, self.shared_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.inbox = self.outbox = self.shared_fd = -1
+
+    def _release(self) -> None:
+        self._close_fds()
         if self.shared is not None:
             self.shared.close()
             self.shared = None
@@ -635,6 +673,12 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _text_of(exc: OSError) -> str:
+    """``exc`` without its ``[Errno N]`` prefix (the store puts the errno back)."""
+    text = exc.strerror or str(exc)
+    return f"{text}: {exc.filename!r}" if exc.filename is not None else text
+
+
 def serve(writer: PlanWriter, inbox: int, outbox: int, shared: mmap.mmap | None = None) -> None:
     """Write each plan read from ``inbox`` (or ``shared``) and answer with its Outcome on ``outbox``, until
     ``inbox`` closes."""
@@ -646,7 +690,7 @@ def serve(writer: PlanWriter, inbox: int, outbox: int, shared: mmap.mmap | None 
         try:
             outcome = writer.write(plan)
         except OSError as exc:
-            outcome = Outcome(error=("os", exc.errno or errno.EIO, str(exc)))
+            outcome = Outcome(error=("os", exc.errno or errno.EIO, _text_of(exc)))
         except BadEntry as exc:
             outcome = Outcome(error=("bad_entry", exc.reason, exc.detail))
         except Exception as exc:  # a defect: the store fails the batch; its entries are retried one by one

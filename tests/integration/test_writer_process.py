@@ -28,6 +28,7 @@ import redis
 
 from tasklogger.audit.verify import verify_logs_dir
 from tasklogger.errors import DiskError
+from tasklogger.projector import project
 from tasklogger.store import Store
 from tests.faults import ids_on_disk, pending_count, records_on_disk
 from tests.integration.test_store import apply_all, event
@@ -304,3 +305,38 @@ def test_close_leaves_no_writer_child(logs_dir: Path) -> None:
     assert not second.is_running()
     assert not writer_children(me, logs_dir)
     assert agent_ids(logs_dir, "t1") == ["1-0", "2-0"]
+
+
+def test_a_logs_directory_that_is_a_symlink_is_written_through_it(tmp_path: Path) -> None:
+    # LOGS_DIR itself may be a symlink to the volume (only what lies inside it is never followed).
+    (tmp_path / "volume").mkdir()
+    (tmp_path / "logs").symlink_to(tmp_path / "volume")
+    with contextlib.closing(Store(tmp_path / "logs")) as store:
+        store.open()
+        assert apply_all(store, [event("1-0", "task:output", task_id="t1", text="a")]) == [True]
+    assert agent_ids(tmp_path / "volume", "t1") == ["1-0"]
+
+
+def test_a_closed_store_writes_nothing_and_starts_no_writer(logs_dir: Path) -> None:
+    store = Store(logs_dir)
+    store.open()
+    batch = store.begin()
+    one = event("1-0", "task:output", task_id="t1", text="a")
+    batch.apply(one, project(one, batch.view(one)))
+    store.close()
+    with pytest.raises(DiskError, match="closed"):  # transient: the entries stay pending, nothing is written
+        batch.commit()
+    assert not writer_children(psutil.Process(), logs_dir)
+    assert not (logs_dir / "t1").exists()
+
+
+def test_files_read_back_from_disk_are_made_durable_by_the_batch_relying_on_them(store: Store, logs_dir: Path) -> None:
+    # After a failure (or a restart) the heads come from the files, which a writer that died may have left
+    # written but not synced; a batch that skips their records as stored must make them durable before its ack.
+    apply_all(store, [event("1-0", "task:output", task_id="t1", text="a")])
+    store.forget()
+    batch = store.begin()
+    again = event("1-0", "task:output", task_id="t1", text="a")
+    assert not batch.apply(again, project(again, batch.view(again)))  # a duplicate: nothing to append
+    assert batch.recovered == [(("t1",), AGENT)]
+    batch.commit()
