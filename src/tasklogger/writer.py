@@ -541,9 +541,9 @@ class WriterProcess:
             assert child is not None, "no plan was sent"
             try:
                 outcome: Outcome = _recv(child.outbox)
-            except (OSError, EOFError) as exc:
+            except Exception as exc:  # no answer, or not one we can read: the pipe is out of step, never reused
                 self._failed(child)
-                raise OSError(errno.EIO, f"the writer process failed: {exc}") from None
+                raise OSError(errno.EIO, f"the writer process failed: {exc!r}") from None
             return outcome
 
     def _failed(self, child: _Child) -> None:
