@@ -143,6 +143,14 @@ def write_synced(dir_fd: int, name: str, flags: int, data: bytes) -> None:
         os.close(fd)
 
 
+def append_kept_open(dir_fd: int, name: str, data: bytes, opened: list[int]) -> None:
+    """Append ``data`` to ``name`` (created if missing) and leave its descriptor in ``opened``, for the caller to
+    fsync together with others in one round and then close."""
+    fd = os.open(name, APPEND_FLAGS, 0o644, dir_fd=dir_fd)
+    opened.append(fd)
+    write_all(fd, data)
+
+
 def truncate_synced(dir_fd: int, name: str, size: int) -> None:
     """Cut ``name`` back to ``size`` bytes and fsync it (never through a symlink)."""
     fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import os
 import re
 import secrets
@@ -478,8 +477,6 @@ class Batch:
         self.touched: set[str] = set()
         #: Digests this batch wrote (for the checkpoint chain).
         self.digests: list[Sealed] = []
-        #: Whether ``write`` makes this batch durable with syncfs (else an fsync per file and directory).
-        self.syncfs = False
         #: (file, bytes to append, head after them), fixed by ``seal``.
         self.sealed: list[tuple[JsonlFile, bytes, Head]] = []
         self._sent_at = 0.0
@@ -530,7 +527,8 @@ class Batch:
 
     def is_stored(self, ops: list[Op]) -> bool:
         """Whether the event these operations come from is already in its file."""
-        return self._is_stored(next(op for op in ops if isinstance(op, Append)))
+        primary = next(op for op in ops if isinstance(op, Append))
+        return self._holds(self._file_of(primary.target), primary.body["id"])
 
     def is_dead_lettered(self, entry_id: str) -> bool:
         """Whether this entry is already in the dead-letter store (a dead letter is never written again)."""
@@ -553,9 +551,6 @@ class Batch:
         if isinstance(target, TaskFile):
             return self.store._jsonl(self, (target.task_id,), target.name)
         return self.store._jsonl(self, webhook_dir(target.webhook_id), f"{target.webhook_id}.jsonl")
-
-    def _is_stored(self, op: Append) -> bool:
-        return self._holds(self._file_of(op.target), op.body["id"])
 
     def _holds(self, f: JsonlFile, entry_id: str) -> bool:
         """Whether ``f`` (on disk or in this batch) already holds a record of ``entry_id``."""
@@ -671,14 +666,8 @@ class Batch:
         store = self.store
         self._sent_at = time.perf_counter()
         try:
-            views = [(task_id, name, view_bytes(doc)) for (task_id, name), doc in self.json.items()]
-            # What the next checkpoint records of each view: hashed here, so it never reads the file back.
-            self.view_digests = {
-                f"{task_id}/{name}": {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
-                for task_id, name, content in views
-            }
             plan = Plan(
-                views=views,
+                views=[(task_id, name, view_bytes(doc)) for (task_id, name), doc in self.json.items()],
                 appends=[(f.dir_key, f.name, f.exists, f.committed.size, data) for f, data, _head in self.sealed],
                 markers=list(self.markers.items()),
                 unlinks=self.unlinks,
@@ -707,8 +696,8 @@ class Batch:
             if kind == "bad_entry":
                 raise BadEntry(str(code), text)
             raise RuntimeError(f"writing the batch failed: {text}")
-        self.syncfs = outcome.syncfs
         self.digests = outcome.digests
+        self.view_digests = outcome.view_digests
         self.result.sync_seconds = outcome.sync_seconds
         self.result.commit_seconds = time.perf_counter() - self._sent_at
         return self.result

@@ -60,6 +60,7 @@ from .fsio import (
     DIR_FLAGS,
     READ_FLAGS,
     Syncer,
+    append_kept_open,
     open_dir,
     syncfs,
     truncate_synced,
@@ -113,8 +114,8 @@ class Outcome:
 
     digests: list[Sealed] = field(default_factory=list)
     sync_seconds: float = 0.0
-    #: Whether the batch was made durable with syncfs (else an fsync per file and directory).
-    syncfs: bool = False
+    #: relpath -> {sha256, size} of each view written (what the next checkpoint records: never read back).
+    view_digests: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: ("os", errno, message), ("bad_entry", reason, detail) or ("defect", 0, repr of the exception).
     error: tuple[str, int | str, str] | None = None
 
@@ -193,10 +194,10 @@ class _Run:
         try:
             # A syncfs also waits for whatever else is dirty on the filesystem (the index, other writers): worth it
             # for a drain's hundred files per batch, not for a live batch of a few.
-            out.syncfs = writer.sync_mode == "fs" or (
+            syncfs_batch = writer.sync_mode == "fs" or (
                 writer.fs_sync and len(plan.appends) + len(plan.views) >= SYNCFS_MIN_FILES
             )
-            if out.syncfs:
+            if syncfs_batch:
                 self.jobs = writer.serial
                 out.sync_seconds = self._commit_with_syncfs()
             else:
@@ -216,6 +217,10 @@ class _Run:
             writer.known_dirs.clear()
             raise
         out.digests = self.digests
+        out.view_digests = {
+            f"{task_id}/{name}": {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
+            for task_id, name, content in plan.views
+        }
         # Everything is durable now (earlier removals too); removing adopted buffers is clean-up that a later
         # adoption redoes.
         writer.removed_dirs = set()
@@ -288,7 +293,7 @@ class _Run:
         for key, name, exists, _size, data in self.plan.appends:
             if not exists:
                 self.sync_dirs.add(key)  # the new file's directory entry must be durable too
-            jobs.append(partial(_open_and_write, self._ensure_dir(key), name, data, opened))
+            jobs.append(partial(append_kept_open, self._ensure_dir(key), name, data, opened))
         appended = {(key, name) for key, name, *_rest in self.plan.appends}
         for key, name in self.plan.recovered:
             if (key, name) not in appended:  # read from disk and relied upon, not written to: made durable too
@@ -417,12 +422,6 @@ def _open_existing(dir_fd: int, name: str, opened: list[int]) -> None:
         opened.append(os.open(name, READ_FLAGS, dir_fd=dir_fd))
 
 
-def _open_and_write(dir_fd: int, name: str, data: bytes, opened: list[int]) -> None:
-    fd = os.open(name, APPEND_FLAGS, 0o644, dir_fd=dir_fd)
-    opened.append(fd)  # closed by the caller, after the fsync round
-    write_all(fd, data)
-
-
 def _make_marker(task_id: str, name: str, dir_fd: int) -> None:
     with contextlib.suppress(FileExistsError):  # the first mapping wins
         os.symlink(task_id, name, dir_fd=dir_fd)
@@ -511,11 +510,6 @@ class WriterProcess:
         command = [sys.executable, "-m", "tasklogger.writer", str(self.root), "--parent", str(os.getpid())]
         self._child = self._spawner.spawn([*command, *self.args])
         return self._child
-
-    def write(self, plan: Plan) -> Outcome:
-        """Have the child write ``plan`` and wait for it; raises OSError(EIO) if it died or could not be reached."""
-        self.send(plan)
-        return self.receive()
 
     def send(self, plan: Plan) -> None:
         """Hand ``plan`` to the child, which starts writing it; one plan at a time (``receive`` its outcome)."""

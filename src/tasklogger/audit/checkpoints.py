@@ -77,7 +77,7 @@ class AuditLog:
                 self._heads[relpath] = (seq, digest, size)
                 if max_key is not None and max_id is not None and max_key > self._max_key:
                     self._max_key, self._max_id = max_key, max_id
-            self._views.update(batch.view_digests)  # hashed when the batch was handed over: nothing to read back
+            self._views.update(batch.view_digests)  # hashed by the writer as it wrote them: nothing to read back
             if batch.result.duplicates:
                 # A redelivery after a crash: the views the lost batch replaced were never checkpointed, and
                 # skipped duplicates replace nothing; record them as they are now, or a later check would miss them.

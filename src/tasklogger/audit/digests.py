@@ -29,12 +29,12 @@ from ..fsio import (
     APPEND_FLAGS,
     DIR_FLAGS,
     Syncer,
+    append_kept_open,
     end_of_whole_lines,
     exists_at,
     read_file,
     syncfs,
     truncate_synced,
-    write_all,
     write_file,
 )
 from ..projector import FINAL_RESULT, JSONL_FILES, TASK_FILES
@@ -276,18 +276,12 @@ def _write_durably(
     # commit for all).
     opened: list[int] = []
     try:
-        syncer.run_all([partial(_open_and_append, dir_fd, line, opened) for dir_fd, _task, line, *_rest in planned])
+        syncer.run_all([partial(append_kept_open, dir_fd, DIGESTS, line, opened) for dir_fd, _t, line, *_r in planned])
         new_dirs = [dir_fd for dir_fd, _task, _line, size, _sealed in planned if size == 0]
         syncer.fsync_all([*opened, *new_dirs])
     finally:
         for fd in opened:
             os.close(fd)
-
-
-def _open_and_append(dir_fd: int, line: bytes, opened: list[int]) -> None:
-    fd = os.open(DIGESTS, APPEND_FLAGS, 0o644, dir_fd=dir_fd)
-    opened.append(fd)
-    write_all(fd, line)
 
 
 def jsonl_names() -> tuple[str, ...]:
