@@ -324,6 +324,8 @@ class Consumer:
         else:
             result = batch.commit()
         result.entries = len(entries)
+        # Behind: the next batch, read while this one was written, is already full.
+        result.backlog = len(self._prefetched) >= self.settings.max_batch_size
         # Durable from here on: safe to acknowledge.
         # An XACK lost to a Redis failure is harmless: the entries are redelivered, found on disk, and skipped.
         self.redis.xack(self.settings.stream, self.settings.group, *[eid for eid, _ in entries])

@@ -1,7 +1,10 @@
 """The indexer in its own process, so that reading task files for the index never holds the consumer's GIL.
 
 ``IndexerProcess`` (in the service) has the interface of ``Indexer``: ``submit`` only adds task ids to a set; a
-feeder thread writes them, one id per line, to the child's stdin every PASS_INTERVAL_S. The child
+feeder thread writes them, one id per line, to the child's stdin every PASS_INTERVAL_S. While the consumer is
+behind (its batches come full), the feeder holds the ids back, for at most HOLD_S: on two cores the indexer's
+reading and SQLite's writes would take a fifth of the drain's speed, and the index is derived data that catches
+up in one large pass (which also costs less than many small ones). The child
 (``python -m tasklogger.index_worker``) runs an ``Indexer`` and reports its figures as one JSON line on stdout
 every half second. Task ids are validated names (no control characters), so a newline always ends one. The
 child ends when its stdin closes (the service stops or dies); if it dies, the next feed starts a new one, which
@@ -31,10 +34,18 @@ log = structlog.get_logger(__name__)
 
 #: How often the child reports its figures.
 REPORT_S = 0.5
+#: While the consumer drains a backlog, task ids wait at most this long before the indexer gets them: the
+#: index's staleness under a sustained backlog.
+HOLD_S = 30.0
+#: ... and at most this many tasks (a bound on the memory the held ids take).
+HOLD_TASKS = 50_000
 
 
 class IndexerProcess:
-    """Feeds task ids to the indexer child process and mirrors its figures (for /metrics)."""
+    """Feeds task ids to the indexer child process and mirrors its figures (for /metrics).
+
+    :param hold_s: how long task ids may be held back while the consumer reports a backlog (HOLD_S).
+    """
 
     def __init__(
         self,
@@ -44,8 +55,10 @@ class IndexerProcess:
         rescan_interval_s: float | None = None,
         log_level: str = "INFO",
         log_format: str = "console",
+        hold_s: float = HOLD_S,
     ) -> None:
         self.logs_dir = logs_dir
+        self.hold_s = hold_s
         self.path = path
         self.rescan_interval_s = rescan_interval_s
         self.log_args = ["--log-level", log_level, "--log-format", log_format]
@@ -53,17 +66,20 @@ class IndexerProcess:
         self.ready = threading.Event()
         self._pending: set[str] = set()
         self._pending_since: float | None = None
+        self._backlog = False
         self._child_pending = 0
         self._child_lag: float | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._child: subprocess.Popen[bytes] | None = None
         self._feeder: threading.Thread | None = None
+        self._reports: threading.Thread | None = None
 
     def submit(self, result: CommitResult) -> None:
         """The consumer's on_commit hook: O(tasks), no I/O, never blocks on the child."""
-        if result.tasks:
-            with self._lock:
+        with self._lock:
+            self._backlog = result.backlog
+            if result.tasks:
                 if not self._pending:
                     self._pending_since = time.monotonic()
                 self._pending.update(result.tasks)
@@ -108,6 +124,8 @@ class IndexerProcess:
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait(5)
+        if self._reports is not None:
+            self._reports.join(timeout)
 
     # -- internals ------------------------------------------------------------------------------------------
 
@@ -119,12 +137,23 @@ class IndexerProcess:
         child = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._child = child
         assert child.stdout is not None
-        threading.Thread(target=self._read_reports, args=(child.stdout,), name="index-reports", daemon=True).start()
+        self._reports = threading.Thread(
+            target=self._read_reports, args=(child.stdout,), name="index-reports", daemon=True
+        )
+        self._reports.start()
+
+    def _holding(self) -> bool:
+        """Whether the pending ids wait for the consumer's backlog to end (call with the lock held)."""
+        if not self._backlog or self._pending_since is None:
+            return False
+        return time.monotonic() - self._pending_since < self.hold_s and len(self._pending) < HOLD_TASKS
 
     def _feed(self) -> None:
         while True:
             stopping = self._stop.wait(PASS_INTERVAL_S)
             with self._lock:
+                if not stopping and self._holding():
+                    continue
                 batch, self._pending = self._pending, set()
                 self._pending_since = None
                 self._child_pending += len(batch)
@@ -148,6 +177,10 @@ class IndexerProcess:
             self._spawn()
 
     def _read_reports(self, stdout: IO[bytes]) -> None:
+        with stdout:  # closed at the child's end of output
+            self._mirror(stdout)
+
+    def _mirror(self, stdout: IO[bytes]) -> None:
         for line in stdout:
             try:
                 report = orjson.loads(line)

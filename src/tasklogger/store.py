@@ -125,6 +125,8 @@ class CommitResult:
     #: Wall time of ``commit`` and, within it, of waiting for the disk to make the batch durable.
     commit_seconds: float = 0.0
     sync_seconds: float = 0.0
+    #: The consumer is behind: the next batch, read while this one was written, is a full MAX_BATCH_SIZE.
+    backlog: bool = False
 
 
 class _Lru(OrderedDict[Any, Any]):
