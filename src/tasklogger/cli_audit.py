@@ -8,22 +8,23 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .audit.bundle import BundleError, export_bundle, verify_bundle
-from .audit.signing import KeyFileError, generate, load_public_key, load_signer
-from .audit.verify import Report, known_task, verify_logs_dir
 from .cli import LogsDirOpt, app
 from .config import Settings
 from .errors import TaskLoggerError, UnsafeTaskId
 from .reader import TaskNotFound
 from .wire import check_name
+
+# The audit machinery (cryptography, rich, tar) is imported by the commands that use it: every other command,
+# ``tasklogger serve`` first, starts without loading it.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from .audit.verify import Report
 
 #: Directories with more tasks than this get a progress bar (on a terminal).
 PROGRESS_MIN_TASKS = 200
@@ -49,6 +50,8 @@ def _logs_dir(flag: Path | None) -> Path:
 
 
 def _public_key(path: Path | None) -> Ed25519PublicKey | None:
+    from .audit.signing import KeyFileError, load_public_key
+
     if path is None:
         return None
     try:
@@ -66,6 +69,9 @@ def verify(
     bundle: Annotated[Path | None, typer.Option("--bundle", help="verify an evidence bundle (.tar.gz)")] = None,
 ) -> None:
     """Check every hash chain, digest and checkpoint, offline. Exit 0 intact, 1 problems found, 2 usage error."""
+    from .audit.bundle import BundleError, verify_bundle
+    from .audit.verify import known_task
+
     key = _public_key(public_key)
     if bundle is not None:
         if task_ids:
@@ -89,6 +95,11 @@ def verify(
 
 
 def _verify_with_progress(root: Path, key: Ed25519PublicKey | None, task_ids: list[str] | None, show: bool) -> Report:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .audit.verify import verify_logs_dir
+
     console = Console(stderr=True)
     if not show or not console.is_terminal:
         return verify_logs_dir(root, public_key=key, task_ids=task_ids)
@@ -122,6 +133,9 @@ def export(
     public_key: PublicKeyOpt = None,
 ) -> None:
     """Write a task's evidence bundle: its files, digests, covering checkpoints, public key and a manifest."""
+    from .audit.bundle import export_bundle
+    from .audit.signing import KeyFileError, load_public_key, load_signer
+
     root = _logs_dir(logs_dir)
     pem = None
     if public_key is not None:
@@ -158,6 +172,8 @@ def keygen(
     output: Annotated[Path, typer.Option("-o", "--output", help="private key file to create (PEM, mode 0600)")],
 ) -> None:
     """Create an Ed25519 key pair for signing: OUTPUT (private) and OUTPUT.pub (public, for verify)."""
+    from .audit.signing import generate
+
     try:
         signer = generate(output)
     except FileExistsError:

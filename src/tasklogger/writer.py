@@ -50,7 +50,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-import structlog
 
 from .audit.digests import Sealed, seal_batch, undo_seals
 from .errors import BadEntry
@@ -68,9 +67,10 @@ from .fsio import (
     write_file,
     write_synced,
 )
+from .logs import get_logger
 from .projector import STATE_DIR_NAME
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 DirKey = tuple[str, ...]
 SyncMode = Literal["auto", "fs", "file"]
@@ -710,9 +710,9 @@ def main(argv: list[str] | None = None) -> None:
     # hand, then closes our stdin; and if it dies, the kernel kills us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from .logs import configure
+    from .logs import configure_on_first_use
 
-    configure(args.log_level, args.log_format)
+    configure_on_first_use(args.log_level, args.log_format)
     writer = PlanWriter(args.root, sync_mode=args.sync_mode, fs_sync=args.fs_sync, fsync_threads=args.fsync_threads)
     shared = mmap.mmap(args.shared_fd, 0) if args.shared_fd is not None else None
     try:

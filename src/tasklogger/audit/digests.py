@@ -22,8 +22,6 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from .. import records
 from ..fsio import (
     APPEND_FLAGS,
@@ -37,13 +35,14 @@ from ..fsio import (
     truncate_synced,
     write_file,
 )
+from ..logs import get_logger
 from ..projector import FINAL_RESULT, JSONL_FILES, TASK_FILES
 from .chain import last_line
 
 if TYPE_CHECKING:
     from .signing import Signer  # cryptography is loaded only when a key is configured
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 DIGESTS = "05-digests.jsonl"
 DIGEST_TYPE = "tasklogger:digest"
