@@ -94,7 +94,8 @@ class DiskWatcher(threading.Thread):
             while not self.halt.is_set():
                 self._take_expectations()
                 for rel in list(self._owed):
-                    self._poll(rel)
+                    if rel in self._owed:  # not forgotten by an earlier file of this round (an adopted buffer)
+                        self._poll(rel)
                 self.rounds += 1
                 time.sleep(self.interval)
         finally:
