@@ -58,8 +58,8 @@ class Settings(BaseModel):
     fsync_threads: int = Field(default=8, ge=1, le=64, description="parallel fsyncs within one batch")
     sync_mode: Literal["auto", "fs", "file"] = Field(
         default="auto",
-        description="fs: one syncfs per commit step; file: fsync each file; auto: fs for batches of 8 files or more "
-        "on ext4/xfs/btrfs/f2fs/tmpfs, else file",
+        description="fs: one syncfs per commit step; file: fsync each file; auto: fs on ext4/xfs/btrfs/f2fs/tmpfs, "
+        "else file",
     )
     host: str = Field(default="127.0.0.1", description="HTTP bind address")
     port: int = Field(default=8090, ge=0, le=65535, description="HTTP port")
