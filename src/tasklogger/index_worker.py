@@ -25,7 +25,7 @@ from typing import IO
 import orjson
 import structlog
 
-from . import index
+from . import gcpolicy, index
 from .indexer import PASS_INTERVAL_S, Indexer, IndexerStats
 from .logs import configure
 from .store import CommitResult
@@ -205,6 +205,7 @@ def _child_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-format", default="console")
     args = parser.parse_args(argv)
     configure(args.log_level, args.log_format)
+    gcpolicy.tune()
     indexer = Indexer(args.logs_dir, args.index, rescan_interval_s=args.rescan).start()
     done = threading.Event()
 

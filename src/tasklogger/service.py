@@ -17,6 +17,7 @@ from typing import Any
 import redis
 import structlog
 
+from . import gcpolicy
 from .audit.checkpoints import Checkpointer
 from .config import Settings
 from .consumer import Consumer
@@ -100,6 +101,7 @@ def run(settings: Settings, *, consume: bool = True, serve_api: bool = True) -> 
             name = settings.consumer_name or store.consumer_name()
             consumer = Consumer(settings, client, store, name, on_commit=on_commit)
             thread = threading.Thread(target=consumer.run, args=(stop,), name="consumer", daemon=True)
+            gcpolicy.tune()
             thread.start()
             checkpointer = Checkpointer(store.audit, settings.checkpoint_interval_s).start()
             log.info(

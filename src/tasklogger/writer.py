@@ -718,6 +718,9 @@ def main(argv: list[str] | None = None) -> None:
     configure_on_first_use(args.log_level, args.log_format)
     writer = PlanWriter(args.root, sync_mode=args.sync_mode, fs_sync=args.fs_sync, fsync_threads=args.fsync_threads)
     shared = mmap.mmap(args.shared_fd, 0) if args.shared_fd is not None else None
+    from .gcpolicy import tune
+
+    tune()
     try:
         serve(writer, sys.stdin.fileno(), sys.stdout.fileno(), shared)
     finally:
