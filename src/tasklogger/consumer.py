@@ -182,6 +182,7 @@ class Consumer:
     def _claim_stale(self, stop: threading.Event) -> None:
         """Take over entries other consumers left idle for longer than claim_idle_ms."""
         self._next_claim = self.clock() + self.settings.claim_interval_s
+        self._flush_acks()  # our own durable entries are never claimed back as stale
         cursor: bytes | str = "0-0"
         while not stop.is_set():
             reply = self.redis.xautoclaim(
@@ -241,7 +242,7 @@ class Consumer:
         return pipe.execute()[1]
 
     def _flush_acks(self) -> None:
-        """Acknowledge now what is durable and not acknowledged yet (at a stop)."""
+        """Acknowledge now what is durable and not acknowledged yet (before claiming, and at a stop)."""
         if not self._unacked:
             return
         ids, self._unacked = self._unacked, []
