@@ -94,8 +94,20 @@ TRANSIENT_ERRNOS = frozenset(
 )  # fmt: skip
 
 
+class WriterProcessFailed(OSError):
+    """The writer child process died, or answered out of step: not the disk's fault, but handled like an EIO (the
+    batch is cut back and retried after the back-off, by a new child)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EIO, message)
+
+
 def os_failure(exc: OSError, what: str) -> DiskError | StorageDamage:
     """Classify an OSError from the logs directory: wait out a disk-wide fault, isolate a per-task one."""
+    if isinstance(exc, WriterProcessFailed):
+        failed = DiskError(f"{what}: {exc.strerror}", exc.errno)
+        failed.kind = "writer_process_failed"  # /health and the error counters tell it from a disk's EIO
+        return failed
     if exc.errno in TRANSIENT_ERRNOS:
         return DiskError(f"{what}: {exc}", exc.errno)
     return StorageDamage(f"{what}: {exc}")

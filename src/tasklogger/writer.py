@@ -52,7 +52,7 @@ from typing import Any, Literal
 import orjson
 
 from .audit.digests import Sealed, seal_batch, undo_seals
-from .errors import BadEntry
+from .errors import BadEntry, WriterProcessFailed
 from .fsio import (
     APPEND_FLAGS,
     CREATE_FLAGS,
@@ -528,7 +528,7 @@ class WriterProcess:
                 _send(child.inbox, plan, child.shared)
             except OSError as exc:
                 self._failed(child)
-                raise OSError(errno.EIO, f"the writer process failed: {exc}") from None
+                raise WriterProcessFailed(f"the writer process failed: {exc}") from None
             self._awaiting = child
 
     def receive(self) -> Outcome:
@@ -540,7 +540,7 @@ class WriterProcess:
                 outcome: Outcome = _recv(child.outbox)
             except Exception as exc:  # no answer, or not one we can read: the pipe is out of step, never reused
                 self._failed(child)
-                raise OSError(errno.EIO, f"the writer process failed: {exc!r}") from None
+                raise WriterProcessFailed(f"the writer process failed: {exc!r}") from None
             return outcome
 
     def _failed(self, child: _Child) -> None:

@@ -146,12 +146,12 @@ def test_writer_killed_mid_drain_is_a_fault_the_consumer_recovers_from(
             kill_with_a_write_in_flight(writer)
             killed.append(writer)
             assert not run.drained(), "the backlog drained before the kill: the test proved nothing"
-            # The batch in flight fails: a disk fault, counted once; the store has reaped the dead child.
-            wait_until(lambda k=n: stats.errors.get("disk_io_error", 0) == k, timeout=10, what="the fault")
+            # The batch in flight fails, counted once under its own kind; the store has reaped the dead child.
+            wait_until(lambda k=n: stats.errors.get("writer_process_failed", 0) == k, timeout=10, what="the fault")
             assert not writer.is_running()
         run.wait_drained(timeout=60)
         wait_until(lambda: stats.fault is None, timeout=5, what="the consumer to recover")
-        assert stats.errors == {"disk_io_error": 3}
+        assert stats.errors == {"writer_process_failed": 3}
         assert stats.state == "running"
         assert stats.entries_acked >= total
         assert the_writer(me, logs_dir).pid not in {p.pid for p in killed}  # a new child, started by itself
@@ -266,7 +266,7 @@ def test_writer_killed_during_a_commit_fails_it_once_and_the_retry_commits(store
             committer.join(15)
     assert not committer.is_alive()
     assert len(failures) == 1 and isinstance(failures[0], DiskError), failures
-    assert failures[0].kind == "disk_io_error"
+    assert failures[0].kind == "writer_process_failed"
     assert "the writer process failed" in str(failures[0])
     assert not first.is_running()  # reaped by the failed write
     assert not writer_children(me, logs_dir)  # no new child until the next write
