@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
@@ -54,49 +56,46 @@ def test_the_consumer_reports_a_backlog_while_the_next_batch_comes_full(
     assert [r.backlog for r in results] == [True, True, True, True, False]
 
 
+@contextmanager
+def held_back(redis_url: str, logs_dir: Path, publisher: Publisher, prefix: str, hold_s: float) -> Iterator[
+    tuple[IndexerProcess, set[str]]
+]:  # fmt: skip
+    """An indexer process that has scanned an empty logs directory, three tasks written since, and their ids
+    submitted while the consumer says it is behind; stopped at the end."""
+    logs_dir.mkdir(parents=True)
+    indexer = IndexerProcess(logs_dir, logs_dir / ".tasklogger" / "index.sqlite3", hold_s=hold_s).start()
+    try:
+        wait_until(indexer.ready.is_set, what="the indexer's first scan")
+        tasks = [f"{prefix}-{n}" for n in range(3)]
+        write_tasks(redis_url, logs_dir, publisher, tasks)
+        indexer.submit(CommitResult(tasks=set(tasks), backlog=True))
+        yield indexer, set(tasks)
+    finally:
+        indexer.stop()
+
+
 def test_task_ids_are_held_during_a_backlog_and_indexed_when_it_ends(
     redis_url: str, logs_dir: Path, publisher: Publisher
 ) -> None:
-    logs_dir.mkdir(parents=True)
-    indexer = IndexerProcess(logs_dir, logs_dir / ".tasklogger" / "index.sqlite3", hold_s=60.0).start()
-    try:
-        wait_until(indexer.ready.is_set, what="the indexer's first scan")
-        tasks = [f"h-{n}" for n in range(3)]
-        write_tasks(redis_url, logs_dir, publisher, tasks)
-        indexer.submit(CommitResult(tasks=set(tasks), backlog=True))
+    with held_back(redis_url, logs_dir, publisher, "h", hold_s=60.0) as (indexer, tasks):
         indexer.submit(CommitResult(tasks=set(), backlog=True))
         time.sleep(1.5)  # three feeding turns
         assert indexed_tasks(logs_dir) == set()
         pending, waited = indexer.lag()
         assert pending == 3 and waited is not None and waited >= 1.0  # the hold shows as index lag
         indexer.submit(CommitResult(tasks=set(), backlog=False))
-        wait_until(lambda: indexed_tasks(logs_dir) == set(tasks), what="the held tasks to be indexed")
-    finally:
-        indexer.stop()
+        wait_until(lambda: indexed_tasks(logs_dir) == tasks, what="the held tasks to be indexed")
 
 
 def test_a_backlog_holds_task_ids_no_longer_than_the_hold_time(
     redis_url: str, logs_dir: Path, publisher: Publisher
 ) -> None:
-    logs_dir.mkdir(parents=True)
-    indexer = IndexerProcess(logs_dir, logs_dir / ".tasklogger" / "index.sqlite3", hold_s=1.0).start()
-    try:
-        wait_until(indexer.ready.is_set, what="the indexer's first scan")
-        tasks = [f"t-{n}" for n in range(3)]
-        write_tasks(redis_url, logs_dir, publisher, tasks)
-        indexer.submit(CommitResult(tasks=set(tasks), backlog=True))
+    with held_back(redis_url, logs_dir, publisher, "t", hold_s=1.0) as (_indexer, tasks):
         # The backlog never ends here, yet the tasks are indexed once they have waited the hold time.
-        wait_until(lambda: indexed_tasks(logs_dir) == set(tasks), timeout=10, what="the hold time to run out")
-    finally:
-        indexer.stop()
+        wait_until(lambda: indexed_tasks(logs_dir) == tasks, timeout=10, what="the hold time to run out")
 
 
 def test_stopping_hands_over_held_task_ids(redis_url: str, logs_dir: Path, publisher: Publisher) -> None:
-    logs_dir.mkdir(parents=True)
-    indexer = IndexerProcess(logs_dir, logs_dir / ".tasklogger" / "index.sqlite3", hold_s=60.0).start()
-    wait_until(indexer.ready.is_set, what="the indexer's first scan")
-    tasks = [f"s-{n}" for n in range(3)]
-    write_tasks(redis_url, logs_dir, publisher, tasks)
-    indexer.submit(CommitResult(tasks=set(tasks), backlog=True))
-    indexer.stop()
-    assert indexed_tasks(logs_dir) == set(tasks)
+    with held_back(redis_url, logs_dir, publisher, "s", hold_s=60.0) as (indexer, tasks):
+        indexer.stop()
+        assert indexed_tasks(logs_dir) == tasks
