@@ -22,10 +22,9 @@ from .audit.checkpoints import Checkpointer
 from .config import Settings
 from .consumer import Consumer
 from .embedded import EmbeddedRedis
-from .errors import ConfigError, DiskError
 from .index_worker import IndexerProcess
 from .metrics import Metrics
-from .store import CommitResult, Store
+from .store import CommitResult, Store, open_store
 
 log = structlog.get_logger(__name__)
 
@@ -61,32 +60,10 @@ def redis_url(settings: Settings) -> Iterator[str]:
         server.stop()
 
 
-def open_store(settings: Settings) -> Store:
-    """Open the logs directory for writing, or raise ConfigError naming it."""
-    store = Store(
-        settings.logs_dir, fsync_threads=settings.fsync_threads, sync_mode=settings.sync_mode,
-        log_level=settings.log_level, log_format=settings.log_format,
-    )  # fmt: skip
-    if settings.signing_key is not None:
-        from .audit.signing import KeyFileError, load_signer  # cryptography only when a key is configured
-
-        try:
-            store.audit.signer = load_signer(settings.signing_key)
-        except KeyFileError as exc:
-            raise ConfigError(str(exc)) from None
-    try:
-        store.open()
-        probe = settings.state_dir / ".write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except (DiskError, OSError) as exc:
-        raise ConfigError(f"logs directory {settings.logs_dir} cannot be created or written: {exc}") from None
-    return store
-
-
-def run(settings: Settings, *, consume: bool = True, serve_api: bool = True) -> None:
-    """Run the consumer and/or the API until SIGTERM/SIGINT."""
-    store = open_store(settings) if consume else None
+def run(settings: Settings, *, consume: bool = True, serve_api: bool = True, store: Store | None = None) -> None:
+    """Run the consumer and/or the API until SIGTERM/SIGINT (``store``: already opened by ``open_store``)."""
+    if consume and store is None:
+        store = open_store(settings)
     if store is not None:
         store.lock()
         log.info("writing logs", path=str(settings.logs_dir), filesystem=store.filesystem, syncfs=store.fs_sync)

@@ -34,7 +34,8 @@ import structlog
 from . import records
 from .audit.checkpoints import AuditLog
 from .audit.digests import Sealed
-from .errors import AlreadyRunning, BadEntry, DiskError, os_failure
+from .config import Settings
+from .errors import AlreadyRunning, BadEntry, ConfigError, DiskError, os_failure
 from .fsio import (
     CREATE_FLAGS,
     READ_FLAGS,
@@ -757,3 +758,26 @@ def _lines_with_offsets(content: bytes) -> Iterator[tuple[int, bytes]]:
     for line in content.splitlines(keepends=True):
         yield offset, line
         offset += len(line)
+
+
+def open_store(settings: Settings) -> Store:
+    """Open the logs directory for writing (its writer child starts now), or raise ConfigError naming it."""
+    store = Store(
+        settings.logs_dir, fsync_threads=settings.fsync_threads, sync_mode=settings.sync_mode,
+        log_level=settings.log_level, log_format=settings.log_format,
+    )  # fmt: skip
+    if settings.signing_key is not None:
+        from .audit.signing import KeyFileError, load_signer  # cryptography only when a key is configured
+
+        try:
+            store.audit.signer = load_signer(settings.signing_key)
+        except KeyFileError as exc:
+            raise ConfigError(str(exc)) from None
+    try:
+        store.open()
+        probe = settings.state_dir / ".write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except (DiskError, OSError) as exc:
+        raise ConfigError(f"logs directory {settings.logs_dir} cannot be created or written: {exc}") from None
+    return store
