@@ -91,6 +91,8 @@ class Consumer:
         self._next_claim = 0.0
         #: Ids of entries that are durable and not acknowledged yet: their XACK goes with the next XREADGROUP.
         self._unacked: list[bytes] = []
+        #: A read ahead failed: entries may have been delivered to us unseen.
+        self._reread_pending = False
 
     def __repr__(self) -> str:
         s = self.stats
@@ -109,7 +111,8 @@ class Consumer:
                     if self._retry is not None:
                         entries, deliveries = self._retry
                         self._process(entries, deliveries)
-                    if resume_pending:
+                    if resume_pending or self._reread_pending:
+                        self._reread_pending = False
                         # Everything delivered and not acknowledged, prefetched entries too, is re-read from 0.
                         self._drop_prebuilt()
                         self._prefetched, self._decoded = [], {}
@@ -182,9 +185,9 @@ class Consumer:
     def _claim_stale(self, stop: threading.Event) -> None:
         """Take over entries other consumers left idle for longer than claim_idle_ms."""
         self._next_claim = self.clock() + self.settings.claim_interval_s
-        self._flush_acks()  # our own durable entries are never claimed back as stale
         cursor: bytes | str = "0-0"
         while not stop.is_set():
+            self._flush_acks()  # our durable entries are never claimed back as stale; one XACK per claimed batch
             reply = self.redis.xautoclaim(
                 self.settings.stream,
                 self.settings.group,
@@ -216,7 +219,10 @@ class Consumer:
         try:
             reply = self._xreadgroup(">", count=self.settings.max_batch_size)
         except REDIS_ERRORS:
-            return  # the loop meets the outage on its next read
+            # The loop meets the outage on its next read. The server may have delivered entries whose reply was
+            # lost: they are pending for us, so the loop re-reads its pending entries first.
+            self._reread_pending = True
+            return
         self._prefetched = _entries(reply)
         for raw_id, fields in self._prefetched:
             entry_id = _text(raw_id)
@@ -239,17 +245,25 @@ class Consumer:
         pipe = self.redis.pipeline(transaction=False)
         pipe.xack(self.settings.stream, self.settings.group, *ids)
         pipe.xreadgroup(self.settings.group, self.name, streams, count=count, block=block)
-        return pipe.execute()[1]
+        try:
+            return pipe.execute()[1]
+        except BaseException:
+            self._unacked[:0] = ids  # sent again with the next read (XACK is idempotent)
+            raise
 
     def _flush_acks(self) -> None:
-        """Acknowledge now what is durable and not acknowledged yet (before claiming, and at a stop)."""
+        """Acknowledge now what is durable and not acknowledged yet (before a claim, and at a stop).
+
+        If Redis does not take it, the ids are kept for the next read; at a stop the entries stay pending and
+        are skipped as already written when they are delivered again."""
         if not self._unacked:
             return
         ids, self._unacked = self._unacked, []
         try:
             self.redis.xack(self.settings.stream, self.settings.group, *ids)
         except (*REDIS_ERRORS, redis.ResponseError) as exc:
-            log.warning("acknowledgement lost; the entries are redelivered and skipped", error=repr(exc))
+            self._unacked[:0] = ids
+            log.warning("acknowledgement not taken; sent again with the next read", error=repr(exc), count=len(ids))
 
     def _delivery_counts(self, entries: list[RawEntry]) -> dict[str, int]:
         rows = self.redis.xpending_range(

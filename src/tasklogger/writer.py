@@ -198,7 +198,7 @@ class _Run:
             # events/s (p99 7-11 ms against 11-16 ms, five alternating pairs), the kernel's inode and device work
             # being the writer's cost on two cores. It also waits for whatever else is dirty on the filesystem:
             # TASKLOGGER_SYNC_MODE=file where other programs write much to the same one.
-            if writer.fs_sync:
+            if writer.fs_sync or writer.sync_mode == "fs":
                 self.jobs = writer.serial
                 out.sync_seconds = self._commit_with_syncfs()
             else:
