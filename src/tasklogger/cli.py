@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from . import __version__
 from .config import Settings
-
-if TYPE_CHECKING:
-    from .store import Store
 from .errors import TaskLoggerError
 from .logs import configure
 
@@ -32,14 +29,6 @@ def _settings(**flags: Any) -> Settings:
     return settings
 
 
-def _open_store(settings: Settings) -> Store:
-    """The logs directory opened for writing before the rest of the service is imported: the writer child's own
-    start-up, which the first batch waits for, overlaps those imports."""
-    from .store import open_store
-
-    return open_store(settings)
-
-
 def _fail(exc: TaskLoggerError) -> None:
     typer.echo(f"tasklogger: {exc}", err=True)
     raise typer.Exit(2)
@@ -50,25 +39,26 @@ def serve(
     logs_dir: LogsDirOpt = None, redis_url: RedisUrlOpt = None, host: HostOpt = None, port: PortOpt = None
 ) -> None:
     """Consume the stream and serve the HTTP API in one process (the default deployment)."""
-    try:
-        settings = _settings(logs_dir=logs_dir, redis_url=redis_url, host=host, port=port)
-        store = _open_store(settings)
-        from .service import run
-
-        run(settings, store=store)
-    except TaskLoggerError as exc:
-        _fail(exc)
+    _write_logs(serve_api=True, logs_dir=logs_dir, redis_url=redis_url, host=host, port=port)
 
 
 @app.command()
 def consume(logs_dir: LogsDirOpt = None, redis_url: RedisUrlOpt = None) -> None:
     """Only consume the stream into the logs directory."""
+    _write_logs(serve_api=False, logs_dir=logs_dir, redis_url=redis_url)
+
+
+def _write_logs(*, serve_api: bool, **flags: Any) -> None:
+    """Run the consumer (and the API): the logs directory is opened before the rest of the service is imported,
+    so the writer child's own start-up, which the first batch waits for, overlaps those imports."""
     try:
-        settings = _settings(logs_dir=logs_dir, redis_url=redis_url)
-        store = _open_store(settings)
+        settings = _settings(**flags)
+        from .store import open_store
+
+        store = open_store(settings)
         from .service import run
 
-        run(settings, serve_api=False, store=store)
+        run(settings, serve_api=serve_api, store=store)
     except TaskLoggerError as exc:
         _fail(exc)
 

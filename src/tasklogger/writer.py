@@ -127,8 +127,8 @@ class PlanWriter:
 
     def __init__(self, root: Path, *, sync_mode: SyncMode, fs_sync: bool, fsync_threads: int) -> None:
         self.root_fd = os.open(root, DIR_FLAGS & ~os.O_NOFOLLOW)  # LOGS_DIR itself may be a symlink
-        self.sync_mode = sync_mode
-        self.fs_sync = fs_sync
+        #: Every step made durable by syncfs: ``fs`` mode, or ``auto`` on a filesystem where the store allows it.
+        self.fs_sync = fs_sync or sync_mode == "fs"
         #: Per-file sync: the fsyncs of a batch's files run in parallel (one journal commit serves them all).
         self.syncer = Syncer(fsync_threads)
         #: With syncfs, the writes only reach the page cache: one thread does them faster than a pool (measured:
@@ -198,7 +198,7 @@ class _Run:
             # events/s (p99 7-11 ms against 11-16 ms, five alternating pairs), the kernel's inode and device work
             # being the writer's cost on two cores. It also waits for whatever else is dirty on the filesystem:
             # TASKLOGGER_SYNC_MODE=file where other programs write much to the same one.
-            if writer.fs_sync or writer.sync_mode == "fs":
+            if writer.fs_sync:
                 self.jobs = writer.serial
                 out.sync_seconds = self._commit_with_syncfs()
             else:
