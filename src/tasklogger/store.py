@@ -24,7 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +61,12 @@ from .projector import (
     WebhookBuffer,
 )
 from .wire import Event
-from .writer import DirKey, Plan, SyncMode, WriterProcess, view_bytes, webhook_dir
+from .writer import WEBHOOKS_DIR, DirKey, Plan, SyncMode, WriterProcess, view_bytes, webhook_dir
 
 log = structlog.get_logger(__name__)
 
 STATE_DIR: DirKey = (STATE_DIR_NAME,)
+WEBHOOKS_KEY: DirKey = (STATE_DIR_NAME, WEBHOOKS_DIR)
 QUARANTINE_DIR = "quarantine"
 DEAD_LETTERS = "dead-letters.jsonl"
 _ID_RE = re.compile(rb'^\{"seq":\d+,"id":"([^"\\]+)"', re.MULTILINE)
@@ -83,6 +84,10 @@ class Head:
     max_id: str | None
     size: int
 
+    def copy(self) -> Head:
+        """An independent copy (``dataclasses.replace`` costs several times more, and this runs per file and batch)."""
+        return Head(self.seq, self.hash, self.max_key, self.max_id, self.size)
+
 
 @dataclass(slots=True)
 class JsonlFile:
@@ -94,16 +99,25 @@ class JsonlFile:
     exists: bool
     head: Head = field(init=False)
     pending: list[bytes] = field(default_factory=list)
+    #: Stream ids of the pending records.
+    pending_ids: list[str] = field(default_factory=list)
+    #: Their bodies, kept only for a webhook buffer (moved into its task by re-appending them). Elsewhere the
+    #: decoded event is freed once its line is encoded: a batch in flight costs a third of the memory.
     pending_bodies: list[dict[str, Any]] = field(default_factory=list)
     #: Every id in the file, loaded only when an id at or below the head must be checked (rare).
     ids: set[str] | None = None
-    #: Bodies of the sealed batch that is being committed while the next one is built (not on disk yet).
+    #: Ids and (buffers only) bodies of the sealed batch that is being committed while the next one is built.
+    inflight_ids: list[str] = field(default_factory=list)
     inflight_bodies: list[dict[str, Any]] = field(default_factory=list)
     #: Moved into its task by a batch being built: the committing batch must not cache it again.
     adopted: bool = False
 
+    #: A webhook buffer's records are moved into their task's file later: their bodies are kept until then.
+    keeps_bodies: bool = False
+
     def __post_init__(self) -> None:
-        self.head = replace(self.committed)
+        self.head = self.committed.copy()
+        self.keeps_bodies = self.dir_key[:2] == WEBHOOKS_KEY
 
     @property
     def relpath(self) -> str:
@@ -414,8 +428,8 @@ class Store:
                 finally:
                     os.close(fd)
                 ids.update(m.decode() for m in _ID_RE.findall(content))
-            ids.update(body["id"] for body in f.inflight_bodies)
-            ids.update(body["id"] for body in f.pending_bodies)
+            ids.update(f.inflight_ids)
+            ids.update(f.pending_ids)
             f.ids = ids
         return f.ids
 
@@ -577,7 +591,9 @@ class Batch:
             record["max_id"] = head.max_id
         line, digest = records.encode(record, head.hash)
         f.pending.append(line)
-        f.pending_bodies.append(body)
+        f.pending_ids.append(entry_id)
+        if f.keeps_bodies:
+            f.pending_bodies.append(body)
         if f.ids is not None:
             f.ids.add(entry_id)
         # In place: a file's head is its own (seal, finish and a reset copy it), and this runs once per event.
@@ -599,6 +615,7 @@ class Batch:
         for body in self._buffered_bodies(buffer):
             self._append(target, body)
         buffer.pending.clear()
+        buffer.pending_ids.clear()
         buffer.pending_bodies.clear()
         self.files.pop((buffer.dir_key, buffer.name), None)
         if buffer.exists or buffer.inflight_bodies:
@@ -647,9 +664,10 @@ class Batch:
     def seal(self) -> None:
         """Freeze what this batch writes and let the next batch begin; its in-memory state is visible to it."""
         store = self.store
-        self.sealed = [(f, b"".join(f.pending), replace(f.head)) for f in self.files.values() if f.pending]
+        self.sealed = [(f, b"".join(f.pending), f.head.copy()) for f in self.files.values() if f.pending]
         for f, _data, _head in self.sealed:
-            f.inflight_bodies, f.pending_bodies, f.pending = f.pending_bodies, [], []
+            f.inflight_ids, f.inflight_bodies = f.pending_ids, f.pending_bodies
+            f.pending, f.pending_ids, f.pending_bodies = [], [], []
             store._inflight[(f.dir_key, f.name)] = f
         # Not on disk yet, so not in the (bounded) caches either: the next batch reads them from here until then.
         store._inflight_views = self.json
@@ -714,16 +732,16 @@ class Batch:
         store._inflight_webhooks = {}
         if not ok:
             for f, _data, _head in self.sealed:
-                f.inflight_bodies = []
+                f.inflight_ids, f.inflight_bodies = [], []
             self._reset_files()
             store.forget()
             return
         for f, _data, head in self.sealed:
             f.committed = head
             f.exists = True
-            f.inflight_bodies = []
+            f.inflight_ids, f.inflight_bodies = [], []
             if not f.pending:
-                f.head = replace(head)  # a batch built on top of this one was aborted (it reset to the old head)
+                f.head = head.copy()  # a batch built on top of this one was aborted (it reset to the old head)
             if not f.adopted:
                 store._files.put((f.dir_key, f.name), f)
         for (task_id, name), doc in self.json.items():
@@ -743,9 +761,10 @@ class Batch:
     def _reset_files(self) -> None:
         for f in self.files.values():
             f.pending.clear()
+            f.pending_ids.clear()
             f.pending_bodies.clear()
             f.ids = None
-            f.head = replace(f.committed)
+            f.head = f.committed.copy()
 
     def _close(self) -> None:
         for fd in self.dir_fds.values():

@@ -142,6 +142,11 @@ class Sealed:
     #: The digest file's size before this digest (where a failed commit cuts it back to).
     start: int = 0
 
+    def __reduce__(self) -> tuple[type[Sealed], tuple[Any, ...]]:
+        # Crosses the writer pipe with every batch: the default for a frozen, slotted dataclass unpickles through
+        # dataclasses.fields() and costs several times more.
+        return Sealed, (self.relpath, self.seq, self.hash, self.size, self.max_key, self.max_id, self.start)
+
 
 def seal_batch(
     root_fd: int,
