@@ -701,6 +701,8 @@ class Batch:
             raise os_failure(exc, "writing the logs directory failed") from exc
         finally:
             self._close()  # the descriptors opened while building: the writer opens its own
+            # The writer has its own copy now: a batch's megabytes are not held twice while the next one is built.
+            self.sealed = [(f, b"", head) for f, _data, head in self.sealed]
 
     def receive(self) -> CommitResult:
         """Wait until the batch ``send`` handed over is durable; raises what writing it raised (DiskError,
