@@ -7,6 +7,7 @@ are counted (one per published entry).
     python bench/drain.py --events 100000
     python bench/drain.py --events 20000 --dir /mnt/ssd/tl-bench      # measure on a given disk
     python bench/drain.py --no-index                                   # without the task index, to compare
+    python bench/drain.py --events 2000 --large-kb 500                 # a backlog of large entries (memory)
 """
 
 from __future__ import annotations
@@ -76,6 +77,22 @@ def index_report(logs_dir: Path, deadline: float, started: float, drained: float
     return f"index: all tasks and records indexed {after:.2f} s after the start ({after - drained:+.2f} s vs drained)"
 
 
+def large_entries(count: int, kb: int) -> list[dict[str, str]]:
+    """``count`` task:output entries of ``kb`` KB each over 32 tasks: what bounds a batch in bytes is measured."""
+    content = "x" * (kb * 1024)
+    return [
+        {"type": "task:output", "task_id": f"large-{n % 32}", "data": f'{{"n": {n}, "content": "{content}"}}'}
+        for n in range(count)
+    ]
+
+
+def backlog(args: argparse.Namespace) -> list[dict[str, str]]:
+    """The entries to publish: the realistic workload, or ``--large-kb`` entries."""
+    if args.large_kb:
+        return large_entries(args.events, args.large_kb)
+    return list(interleaved(args.events, seed=args.seed))
+
+
 def nproc() -> int:
     """CPUs this process may run on (what ``nproc`` prints)."""
     try:
@@ -89,6 +106,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--batch", type=int, default=None, help="MAX_BATCH_SIZE for the service (default: its own)")
+    parser.add_argument("--large-kb", type=int, default=0, help="publish entries of this many KB, not the workload")
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir, removed)")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds of draining")
     parser.add_argument(
@@ -107,7 +125,7 @@ def main() -> None:
     try:
         redis_proc.start()
         client = redis_proc.client()
-        entries = list(interleaved(args.events, seed=args.seed))
+        entries = backlog(args)
         print(f"workload: {summary(entries)}")
         started = time.perf_counter()
         publish(client, entries)

@@ -48,6 +48,11 @@ class Settings(BaseModel):
         default=None, description="consumer name; default: a stable name stored in the logs directory"
     )
     max_batch_size: int = Field(default=1000, ge=1, le=100_000, description="entries read per batch")
+    max_batch_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=64 * 1024,
+        description="while recent entries are large, a read asks for fewer of them: about this many bytes per batch",
+    )
     block_ms: int = Field(default=500, ge=1, le=60_000, description="how long one XREADGROUP waits for entries")
     claim_idle_ms: int = Field(
         default=60_000, ge=1, description="pending entries of other consumers idle this long are claimed"

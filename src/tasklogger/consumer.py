@@ -27,6 +27,9 @@ log = structlog.get_logger(__name__)
 
 RawEntry = tuple[bytes, dict[bytes, bytes] | None]
 BACKOFF_FIRST_S = 0.05
+#: Entries asked for by the first read, before their size is known: a backlog of 4 MB entries must not arrive
+#: a thousand at a time (the next read is sized from these).
+FIRST_READ_COUNT = 10
 BACKOFF_CAP_S = 2.0
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
 
@@ -93,6 +96,10 @@ class Consumer:
         self._unacked: list[bytes] = []
         #: A read ahead failed: entries may have been delivered to us unseen.
         self._reread_pending = False
+        #: Entries asked for per read: max_batch_size, fewer while recent entries are large (max_batch_bytes).
+        self.read_count = min(settings.max_batch_size, FIRST_READ_COUNT)
+        #: What the read ahead asked for (a full answer means the consumer is behind).
+        self._prefetch_count = self.read_count
 
     def __repr__(self) -> str:
         s = self.stats
@@ -175,7 +182,7 @@ class Consumer:
         """Re-process entries delivered to this consumer but never acknowledged (a crash, a Redis outage)."""
         start: bytes | str = "0"
         while not stop.is_set():
-            reply = self._xreadgroup(start, count=self.settings.max_batch_size)
+            reply = self._xreadgroup(start, count=self.read_count)
             entries = _entries(reply)
             if not entries:
                 return
@@ -194,7 +201,7 @@ class Consumer:
                 self.name,
                 min_idle_time=self.settings.claim_idle_ms,
                 start_id=cursor,
-                count=self.settings.max_batch_size,
+                count=self.read_count,
             )
             cursor, claimed = reply[0], [(eid, fields) for eid, fields in reply[1] if eid is not None]
             deleted = reply[2] if len(reply) > 2 else []
@@ -209,15 +216,16 @@ class Consumer:
     def _read_new(self) -> None:
         entries, self._prefetched = self._prefetched, []
         if not entries:
-            reply = self._xreadgroup(">", count=self.settings.max_batch_size, block=self.settings.block_ms)
+            reply = self._xreadgroup(">", count=self.read_count, block=self.settings.block_ms)
             entries = _entries(reply)
         if entries:
             self._process(entries, {}, prefetch=True)
 
     def _prefetch(self) -> None:
         """While a batch is being made durable: read (without waiting) and decode the next one."""
+        self._prefetch_count = self.read_count
         try:
-            reply = self._xreadgroup(">", count=self.settings.max_batch_size)
+            reply = self._xreadgroup(">", count=self._prefetch_count)
         except REDIS_ERRORS:
             # The loop meets the outage on its next read. The server may have delivered entries whose reply was
             # lost: they are pending for us, so the loop re-reads its pending entries first.
@@ -357,7 +365,7 @@ class Consumer:
             result = batch.commit()
         result.entries = len(entries)
         # Behind: the next batch, read while this one was written, is already full.
-        result.backlog = len(self._prefetched) >= self.settings.max_batch_size
+        result.backlog = len(self._prefetched) >= self._prefetch_count
         # Durable from here on: safe to acknowledge, with the next read (one round trip fewer per batch).
         self._unacked.extend(eid for eid, _ in entries)
         for eid, _ in entries:
@@ -370,6 +378,7 @@ class Consumer:
         """Decode, project and apply ``entries`` to a new batch (dead letters included); nothing is written yet."""
         batch = self.store.begin()
         reasons: dict[str, int] = {}
+        size = 0
         try:
             for raw_id, fields in entries:
                 entry_id = _text(raw_id)
@@ -379,10 +388,12 @@ class Consumer:
                         batch.result.duplicates += 1  # a replay of an entry already given up on
                         continue
                     event = self._decode(entry_id, fields)
+                    size += event.size
                     if count > self.settings.max_deliveries and not _stored(batch, event):
                         raise self._too_many_deliveries(entry_id, count)
                     batch.apply(event, project(event, batch.view(event)))
                 except BadEntry as exc:
+                    size += _raw_size(fields)
                     if batch.dead_letter(self._dead_letter_body(entry_id, fields, exc, count)):
                         reasons[exc.reason] = reasons.get(exc.reason, 0) + 1
         except OSError as exc:
@@ -391,7 +402,15 @@ class Consumer:
         except BaseException:
             batch.abort()
             raise
+        self._size_reads(size, len(entries))
         return batch, reasons
+
+    def _size_reads(self, size: int, count: int) -> None:
+        """Ask the next reads for as many entries as fit in max_batch_bytes at the size of these (at most
+        max_batch_size): a run of large entries is read a few at a time, so memory stays bounded."""
+        if count:
+            mean = max(1, size // count)
+            self.read_count = max(1, min(self.settings.max_batch_size, self.settings.max_batch_bytes // mean))
 
     def _prebuild(self) -> None:
         """Build the read-ahead batch now; any failure leaves it to be built (and handled) in its own turn."""
@@ -496,6 +515,10 @@ def _entries(reply: Any) -> list[RawEntry]:
                 pairs = iter(flat)
                 entries.append((entry_id, dict(zip(pairs, pairs, strict=True))))
     return entries
+
+
+def _raw_size(fields: dict[bytes, bytes] | None) -> int:
+    return sum(map(len, fields)) + sum(map(len, fields.values())) if fields else 0
 
 
 def _text(value: bytes | str) -> str:

@@ -113,7 +113,7 @@ class JsonlFile:
     adopted: bool = False
 
     #: A webhook buffer's records are moved into their task's file later: their bodies are kept until then.
-    keeps_bodies: bool = False
+    keeps_bodies: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.head = self.committed.copy()
@@ -685,6 +685,8 @@ class Batch:
         The caller builds the next batch until it calls ``receive``: the writing is done by another interpreter,
         so the two never share the GIL, and no thread of this process waits on the disk."""
         store = self.store
+        # Its bytes are released below: sending the same batch twice would write nothing and still move the heads.
+        assert not self._sent_at, "a batch is sent once; a failed one is rebuilt from its entries"
         self._sent_at = time.perf_counter()
         try:
             plan = Plan(

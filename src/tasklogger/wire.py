@@ -42,6 +42,10 @@ class Event:
     webhook_event_id: str | None
     data: dict[str, Any]
     extra: dict[str, str] = field(default_factory=dict)
+    #: The entry's size in bytes (field names and values) as it came, what the entry size limit is checked
+    #: against and what reads are sized by; not part of the event (two equal events may have come in different
+    #: sizes).
+    size: int = field(default=0, compare=False)
 
     @property
     def namespace(self) -> str:
@@ -85,7 +89,7 @@ def decode(entry_id: bytes | str, fields: dict[bytes, bytes] | None, *, max_entr
 
     timestamp, flag = _timestamp(text.get("timestamp"), eid)
     extra = {k: v for k, v in text.items() if k not in KNOWN_FIELDS}
-    return Event(eid, event_type, timestamp, flag, task_id, webhook_id, data, extra)
+    return Event(eid, event_type, timestamp, flag, task_id, webhook_id, data, extra, size)
 
 
 _SAFE_IDS: set[str] = set()

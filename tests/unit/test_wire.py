@@ -82,6 +82,7 @@ def test_decode_minimal_task_event() -> None:
         extra={},
     )
     assert expected == event
+    assert len(b"typetask:outputtask_idt-1timestamp2026-01-31T12:00:00Z") == event.size
 
 
 def test_decode_accepts_bytes_entry_id() -> None:
