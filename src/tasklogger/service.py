@@ -12,7 +12,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 import structlog
@@ -23,8 +23,10 @@ from .config import Settings
 from .consumer import Consumer
 from .embedded import EmbeddedRedis
 from .index_worker import IndexerProcess
-from .metrics import Metrics
 from .store import CommitResult, Store, open_store
+
+if TYPE_CHECKING:
+    from .metrics import Metrics  # prometheus_client: loaded only where the API is served
 
 log = structlog.get_logger(__name__)
 
@@ -144,7 +146,11 @@ def _commit_hooks(
             settings.logs_dir, settings.index_file, rescan_interval_s=None if consume else 10.0,
             log_level=settings.log_level, log_format=settings.log_format,
         ).start()  # fmt: skip
-    metrics = Metrics() if serve_api else None
+    metrics = None
+    if serve_api:
+        from .metrics import Metrics
+
+        metrics = Metrics()
     if not consume or (indexer is None and metrics is None):
         return indexer, metrics, None
 
