@@ -46,37 +46,16 @@ def genesis(relpath: str) -> bytes:
     return hashlib.sha256(CHAIN_VERSION + relpath.encode()).digest()
 
 
-#: How much longer a record's line is than its canonical bytes: the hash member and the newline.
-LINE_OVERHEAD = _SUFFIX_LEN
-
-
-def canonical(body: dict[str, Any]) -> bytes:
-    """A record's canonical bytes: ``body`` (which must start with ``seq`` and hold no ``hash``) serialised."""
-    return orjson.dumps(body)
-
-
-def chain(prev_hash: bytes, canonicals: list[bytes]) -> tuple[bytes, bytes]:
-    """The lines of consecutive records, each linked to the one before it, starting after ``prev_hash``.
-
-    Returns the lines (each with its newline), joined, and the hash of the last record (``prev_hash`` if none).
-    The store serialises records as it builds a batch; the writer process chains them, off the store's thread.
-    """
-    parts: list[bytes | memoryview] = []
-    digest = prev_hash
-    for data in canonicals:
-        hasher = hashlib.sha256(digest)
-        hasher.update(data)
-        digest = hasher.digest()
-        parts += (memoryview(data)[:-1], _HASH_PREFIX, digest.hex().encode(), b'"}\n')
-    return b"".join(parts), digest
-
-
 def encode(body: dict[str, Any], prev_hash: bytes) -> tuple[bytes, bytes]:
     """Serialise ``body`` (which must start with ``seq`` and hold no ``hash``) as one chained line.
 
     Returns the line (with its newline) and the record's hash.
     """
-    return chain(prev_hash, [orjson.dumps(body)])
+    canonical = orjson.dumps(body)
+    hasher = hashlib.sha256(prev_hash)
+    hasher.update(canonical)
+    digest = hasher.digest()
+    return b"".join((memoryview(canonical)[:-1], _HASH_PREFIX, digest.hex().encode(), b'"}\n')), digest
 
 
 def link(prev_hash: bytes, canonical: bytes) -> bytes:

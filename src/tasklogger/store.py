@@ -1,11 +1,10 @@
 """The store: builds each batch in memory and has the writer (writer.py) make it durable.
 
-A batch collects the operations of many events in memory (group commit); ``seal`` freezes it and ``send`` hands it
-to the writer child process, which replaces the JSON views (temp file, rename), chains the serialised records and
-appends them with one write per touched file, makes every step durable, and seals ended tasks; ``receive`` returns
-once all of it is durable (with each file's new chain hash), and only then may the caller XACK. Nothing is
-acknowledged on a failure: the writer cuts the batch's appends back, every cached head is dropped, and the caller
-retries the same entries after a back-off.
+A batch collects the operations of many events in memory (group commit); ``seal`` freezes it and ``send`` hands
+it to the writer child process, which replaces the JSON views (temp file, rename), appends the JSONL records with
+one write per touched file, makes every step durable, and seals ended tasks; ``receive`` returns once all of it
+is durable, and only then may the caller XACK. Nothing is acknowledged on a failure: the writer cuts the batch's
+appends back, every cached head is dropped, and the caller retries the same entries after a back-off.
 
 Exactly once: every JSONL record carries its stream entry id; the store keeps each file's chain head (seq, hash,
 highest id, valid size), recovered from the file's last line when the file is first touched, and skips a record
@@ -179,8 +178,6 @@ class _Lru(OrderedDict[Any, Any]):
 
 
 _MISSING = object()
-#: The hash of a head whose records are not chained yet (the writer chains them; ``finish`` sets the hash).
-UNCHAINED = b""
 #: The view of an event whose projection needs nothing stored (most of them): one shared, immutable instance.
 _NO_VIEW = View()
 
@@ -497,10 +494,8 @@ class Batch:
         self.touched: set[str] = set()
         #: Digests this batch wrote (for the checkpoint chain).
         self.digests: list[Sealed] = []
-        #: (file, canonical bytes of the records to append, head after them), fixed by ``seal``.
-        self.sealed: list[tuple[JsonlFile, list[bytes], Head]] = []
-        #: The hash of each sealed file's last record, as the writer chained them.
-        self._chained: list[bytes] = []
+        #: (file, bytes to append, head after them), fixed by ``seal``.
+        self.sealed: list[tuple[JsonlFile, bytes, Head]] = []
         self._sent_at = 0.0
         self._dead_letters: JsonlFile | None = None
         #: relpath -> {sha256, size} of each view this batch replaces (for the checkpoint chain).
@@ -594,17 +589,15 @@ class Batch:
             # An older entry arriving after newer ones (claimed from a dead consumer, adopted late): it is kept,
             # and it names the file's highest id so that recovery from the last line still knows it.
             record["max_id"] = head.max_id
-        # Serialised here; chained (hashed) by the writer process, which has the time to spare (records.chain).
-        canonical = records.canonical(record)
-        f.pending.append(canonical)
+        line, digest = records.encode(record, head.hash)
+        f.pending.append(line)
         f.pending_ids.append(entry_id)
         if f.keeps_bodies:
             f.pending_bodies.append(body)
         if f.ids is not None:
             f.ids.add(entry_id)
         # In place: a file's head is its own (seal, finish and a reset copy it), and this runs once per event.
-        # Its hash is known once the writer has chained the batch (``finish``).
-        head.seq, head.hash, head.size = seq, UNCHAINED, head.size + len(canonical) + records.LINE_OVERHEAD
+        head.seq, head.hash, head.size = seq, digest, head.size + len(line)
         if not late:
             head.max_key, head.max_id = key, entry_id
         self.files[(f.dir_key, f.name)] = f
@@ -671,7 +664,7 @@ class Batch:
     def seal(self) -> None:
         """Freeze what this batch writes and let the next batch begin; its in-memory state is visible to it."""
         store = self.store
-        self.sealed = [(f, f.pending, f.head.copy()) for f in self.files.values() if f.pending]
+        self.sealed = [(f, b"".join(f.pending), f.head.copy()) for f in self.files.values() if f.pending]
         for f, _data, _head in self.sealed:
             f.inflight_ids, f.inflight_bodies = f.pending_ids, f.pending_bodies
             f.pending, f.pending_ids, f.pending_bodies = [], [], []
@@ -698,10 +691,7 @@ class Batch:
         try:
             plan = Plan(
                 views=[(task_id, name, view_bytes(doc)) for (task_id, name), doc in self.json.items()],
-                appends=[
-                    (f.dir_key, f.name, f.exists, f.committed.size, _chained_from(f), data)
-                    for f, data, _head in self.sealed
-                ],
+                appends=[(f.dir_key, f.name, f.exists, f.committed.size, data) for f, data, _head in self.sealed],
                 markers=list(self.markers.items()),
                 unlinks=self.unlinks,
                 seal_tasks=sorted(self.touched | self.result.tasks),
@@ -714,7 +704,7 @@ class Batch:
         finally:
             self._close()  # the descriptors opened while building: the writer opens its own
             # The writer has its own copy now: a batch's megabytes are not held twice while the next one is built.
-            self.sealed = [(f, [], head) for f, _data, head in self.sealed]
+            self.sealed = [(f, b"", head) for f, _data, head in self.sealed]
 
     def receive(self) -> CommitResult:
         """Wait until the batch ``send`` handed over is durable; raises what writing it raised (DiskError,
@@ -732,7 +722,6 @@ class Batch:
                 raise BadEntry(str(code), text)
             raise RuntimeError(f"writing the batch failed: {text}")
         self.digests = outcome.digests
-        self._chained = outcome.heads
         self.view_digests = outcome.view_digests
         self.result.sync_seconds = outcome.sync_seconds
         self.result.commit_seconds = time.perf_counter() - self._sent_at
@@ -751,9 +740,7 @@ class Batch:
             self._reset_files()
             store.forget()
             return
-        assert len(self._chained) == len(self.sealed), "the writer returns one hash per file it appended to"
-        for (f, _data, head), chained in zip(self.sealed, self._chained, strict=True):
-            head.hash = chained
+        for f, _data, head in self.sealed:
             f.committed = head
             f.exists = True
             f.inflight_ids, f.inflight_bodies = [], []
@@ -787,13 +774,6 @@ class Batch:
         for fd in self.dir_fds.values():
             os.close(fd)
         self.dir_fds.clear()
-
-
-def _chained_from(f: JsonlFile) -> bytes:
-    """The hash a sealed file's first new record links to: its committed head's (a batch is sent only once the
-    one before it is durable and its hashes are known)."""
-    assert len(f.committed.hash) == 32, f"{f.relpath}: sent before the batch under it was chained"
-    return f.committed.hash
 
 
 def _lines_with_offsets(content: bytes) -> Iterator[tuple[int, bytes]]:

@@ -1,9 +1,9 @@
 """Writing a sealed batch: every write, sync and digest of one group commit, run in a child process.
 
-The store (``store.py``) decides what a batch writes and hands it over as a ``Plan``: the JSON views to replace, the
-serialised records to chain (``records.chain``) and append to each JSONL file, the webhook mappings to create, the
-adopted buffers to remove and the tasks to seal. This module is the only code that writes a batch to the logs
-directory, in the order that makes a crash at any point safe (docs/records.md):
+The store (``store.py``) decides what a batch writes and hands it over as a ``Plan``: the JSON views to replace,
+the bytes to append to each JSONL file, the webhook mappings to create, the adopted buffers to remove and the
+tasks to seal. This module is the only code that writes a batch to the logs directory, in the order that makes a
+crash at any point safe (docs/records.md):
 
 1. the views (temp file, rename), made durable before the records that would make their redelivery a skipped
    duplicate;
@@ -51,7 +51,6 @@ from typing import Any, Literal
 
 import orjson
 
-from . import records
 from .audit.digests import Sealed, seal_batch, undo_seals
 from .errors import BadEntry, WriterProcessFailed
 from .fsio import (
@@ -96,9 +95,8 @@ class Plan:
 
     #: (task id, file name, content) of each JSON view to replace.
     views: list[tuple[str, str, bytes]] = field(default_factory=list)
-    #: (directory, file name, whether the file exists, its committed size, the hash of its last record, the
-    #: canonical bytes of the records to append) of each JSONL file: the writer chains them (records.chain).
-    appends: list[tuple[DirKey, str, bool, int, bytes, list[bytes]]] = field(default_factory=list)
+    #: (directory, file name, whether the file exists, its committed size, bytes to append) of each JSONL file.
+    appends: list[tuple[DirKey, str, bool, int, bytes]] = field(default_factory=list)
     #: (webhook id, task id) of each webhook -> task mapping to create once the records are durable.
     markers: list[tuple[str, str]] = field(default_factory=list)
     #: (reserved directory, file name) of each webhook buffer moved into its task.
@@ -117,8 +115,6 @@ class Outcome:
     """What writing a plan did, or why it failed (``error``)."""
 
     digests: list[Sealed] = field(default_factory=list)
-    #: The hash of the last record appended to each file, in the order of ``Plan.appends``.
-    heads: list[bytes] = field(default_factory=list)
     sync_seconds: float = 0.0
     #: relpath -> {sha256, size} of each view written (what the next checkpoint records: never read back).
     view_digests: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -184,13 +180,6 @@ class _Run:
     def __init__(self, writer: PlanWriter, plan: Plan) -> None:
         self.writer = writer
         self.plan = plan
-        #: (directory, file name, whether it exists, committed size, chained lines) of each file appended to.
-        self.appends: list[tuple[DirKey, str, bool, int, bytes]] = []
-        self.heads: list[bytes] = []
-        for key, name, exists, size, prev_hash, canonicals in plan.appends:
-            data, head = records.chain(prev_hash, canonicals)
-            self.appends.append((key, name, exists, size, data))
-            self.heads.append(head)
         self.dir_fds: dict[DirKey, int] = {}
         self.sync_dirs: set[DirKey] = set()
         self.digests: list[Sealed] = []
@@ -231,7 +220,6 @@ class _Run:
             writer.known_dirs.clear()
             raise
         out.digests = self.digests
-        out.heads = self.heads
         out.view_digests = {
             f"{task_id}/{name}": {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
             for task_id, name, content in plan.views
@@ -291,8 +279,8 @@ class _Run:
         """One write per touched file (syncfs makes them durable)."""
         jobs: list[Callable[[], None]] = []
         write = write_file
-        self._create_task_dirs({key for key, *_rest in self.appends if len(key) == 1})
-        for key, name, exists, _size, data in self.appends:
+        self._create_task_dirs({key for key, *_rest in self.plan.appends if len(key) == 1})
+        for key, name, exists, _size, data in self.plan.appends:
             if not exists:
                 self.sync_dirs.add(key)  # the new file's directory entry must be durable too
             jobs.append(partial(write, self._ensure_dir(key), name, APPEND_FLAGS, data))
@@ -302,14 +290,14 @@ class _Run:
         """Per-file sync: write every file, then fsync the files and every directory that gained or lost an entry
         (new files, renamed views, created directories, removed buffers) all at once, so that one journal commit
         serves them all instead of one for the files and another for the directories."""
-        self._create_task_dirs({key for key, *_rest in self.appends if len(key) == 1})
+        self._create_task_dirs({key for key, *_rest in self.plan.appends if len(key) == 1})
         opened: list[int] = []
         jobs: list[Callable[[], None]] = []
-        for key, name, exists, _size, data in self.appends:
+        for key, name, exists, _size, data in self.plan.appends:
             if not exists:
                 self.sync_dirs.add(key)  # the new file's directory entry must be durable too
             jobs.append(partial(append_kept_open, self._ensure_dir(key), name, data, opened))
-        appended = {(key, name) for key, name, *_rest in self.appends}
+        appended = {(key, name) for key, name, *_rest in self.plan.appends}
         for key, name in self.plan.recovered:
             if (key, name) not in appended:  # read from disk and relied upon, not written to: made durable too
                 self.sync_dirs.add(key)
@@ -405,7 +393,7 @@ class _Run:
 
     def _undo_appends(self) -> None:
         """Best effort: cut every file this plan appended to back to its committed size."""
-        for key, name, exists, size, _data in self.appends:
+        for key, name, exists, size, _data in self.plan.appends:
             dir_fd = self.dir_fds.get(key)
             if dir_fd is None:
                 continue
