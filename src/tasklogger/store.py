@@ -739,6 +739,7 @@ class Batch:
                 f.inflight_ids, f.inflight_bodies = [], []
             self._reset_files()
             store.forget()
+            store.audit.note_failed(self)
             return
         for f, _data, head in self.sealed:
             f.committed = head

@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis
 
 from tasklogger.api import Runtime, health_report, metrics_snapshot
+from tasklogger.audit.verify import verify_logs_dir
 from tests.faults import dead_letter_reasons, ids_on_disk, pending_count, records_on_disk
 from tests.support import (
     ConsumerRun,
@@ -290,3 +292,36 @@ def test_io_errors_wait_and_resume(
     counts = ids_on_disk(logs_dir)
     assert sorted(counts) == sorted(published)
     assert set(counts.values()) == {1}
+
+
+def test_a_checkpoint_during_a_disk_fault_records_the_views_as_they_are_on_disk(
+    redis_url: str, publisher: Publisher, tiny_disk: Path
+) -> None:
+    """A batch that failed after replacing a view (ENOSPC on its appends) left the new view on disk; a checkpoint
+    taken before its retry records that view as it is, so verifying the directory meanwhile finds nothing wrong."""
+    logs_dir = tiny_disk / "logs"
+    filler = tiny_disk / "filler"
+    with consumer_run(settings_for(redis_url, logs_dir)) as run:
+        publisher.event("task:created", task_id="t-view", data={"input_message": "first", "source": "api"})
+        run.wait_drained()
+        run.store.audit.checkpoint("before")
+        filler.write_bytes(b"\0" * (int(2.9 * 1024 * 1024) - sum(f.stat().st_size for f in logs_dir.rglob("*"))))
+        # One transaction, so that the view change and ~400 KB of records (which cannot fit) are one batch.
+        pipe = redis.Redis.from_url(redis_url).pipeline(transaction=True)
+        context = {"enriched_prompt": "with context"}
+        pipe.xadd("task_events", {"type": "task:context_built", "task_id": "t-view", "data": orjson.dumps(context)})
+        for n in range(200):
+            pipe.xadd(
+                "task_events",
+                {"type": "task:output", "task_id": "t-view", "data": orjson.dumps({"n": n, "x": "x" * 2000})},
+            )
+        pipe.execute()
+        wait_until(lambda: run.consumer.stats.fault == "disk_full", timeout=15, what="disk_full")
+        view = orjson.loads((logs_dir / "t-view" / "01-input.json").read_bytes())
+        assert view["enriched_prompt"] == "with context"  # replaced before the appends failed
+        run.store.audit.checkpoint("during the fault")
+        report = verify_logs_dir(logs_dir)
+        assert report.ok, report.problems
+        filler.unlink()
+        run.wait_drained(timeout=20)
+    assert verify_logs_dir(logs_dir).ok

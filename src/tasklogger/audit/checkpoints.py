@@ -88,6 +88,13 @@ class AuditLog:
             if len(self._heads) + len(self._views) >= MAX_MOVED:
                 self.due.set()
 
+    def note_failed(self, batch: Batch) -> None:
+        """A batch that failed may have replaced views before it failed (they are written first): until its retry
+        commits, a checkpoint records them as they are on disk, not as the last committed batch left them."""
+        with self._lock:
+            for task_id, name in batch.json:
+                self._views[f"{task_id}/{name}"] = None
+
     def pending(self) -> int:
         """How many files moved since the last checkpoint."""
         with self._lock:
