@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support import RedisProcess, free_port, group_drained  # noqa: E402
 
-__all__ = ["RedisProcess", "Service", "RssSampler", "group_drained", "machine", "free_port"]
+__all__ = ["CpuWindow", "RedisProcess", "Service", "RssSampler", "group_drained", "machine", "free_port"]
 
 
 class Service:
@@ -62,6 +62,10 @@ class RssSampler(threading.Thread):
     (the writer, the indexer) are sampled too: ``child_peaks`` by module name, ``tree_peak`` for the sum of all
     of them at one instant."""
 
+    #: How often the list of child processes is refreshed: listing them scans every process of the machine,
+    #: which sampled every 50 ms took a tenth of a core from the service being measured.
+    CHILDREN_EVERY_S = 1.0
+
     def __init__(self, pid: int, interval: float = 0.05) -> None:
         super().__init__(daemon=True)
         self.process = psutil.Process(pid)
@@ -72,10 +76,13 @@ class RssSampler(threading.Thread):
         self._halt = threading.Event()
 
     def run(self) -> None:
+        children: list[psutil.Process] = []
+        listed_at = 0.0
         while not self._halt.is_set():
             try:
                 rss = self.process.memory_info().rss
-                children = self.process.children()
+                if time.monotonic() - listed_at >= self.CHILDREN_EVERY_S:
+                    children, listed_at = self.process.children(), time.monotonic()
             except psutil.Error:
                 return
             self.peak = max(self.peak, rss)
@@ -101,6 +108,55 @@ class RssSampler(threading.Thread):
         children = ", ".join(f"{name} {peak / 2**20:.1f} MB" for name, peak in sorted(self.child_peaks.items()))
         tree = f" (with its child processes {self.tree_peak / 2**20:.1f} MB: {children})" if children else ""
         return f"peak RSS {self.peak / 2**20:.1f} MB{tree}"
+
+
+class CpuWindow:
+    """CPU time of the service's busiest thread (the consumer), of the service, of each child process and of
+    redis-server between ``start()`` and ``stop()``: how busy each was, as a share of the wall time."""
+
+    def __init__(self, service_pid: int, redis_pid: int | None) -> None:
+        self.service = psutil.Process(service_pid)
+        self.redis = psutil.Process(redis_pid) if redis_pid else None
+        self._start: dict[str, float] = {}
+        self._started_at = 0.0
+        self.busy: dict[str, float] = {}
+
+    def _sample(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        try:
+            times = self.service.cpu_times()
+            out["service"] = times.user + times.system
+            threads = {t.id: t.user_time + t.system_time for t in self.service.threads()}
+            out.update({f"thread {tid}": cpu for tid, cpu in threads.items()})
+            for child in self.service.children():
+                name = next((a for a in child.cmdline() if a.startswith("tasklogger.")), child.name())
+                times = child.cpu_times()
+                out[name.removeprefix("tasklogger.")] = times.user + times.system
+            if self.redis is not None:
+                times = self.redis.cpu_times()
+                out["redis-server"] = times.user + times.system
+        except psutil.Error:
+            pass
+        return out
+
+    def start(self) -> None:
+        self._start, self._started_at = self._sample(), time.monotonic()
+
+    def stop(self) -> None:
+        end, wall = self._sample(), max(1e-9, time.monotonic() - self._started_at)
+        busy = {name: (cpu - self._start.get(name, 0.0)) / wall for name, cpu in end.items()}
+        threads = {name: share for name, share in busy.items() if name.startswith("thread ")}
+        self.busy = {name: share for name, share in busy.items() if not name.startswith("thread ")}
+        if threads:
+            self.busy["consumer thread"] = max(threads.values())
+
+    def report(self) -> str:
+        """``consumer thread 70 %, service 72 %, writer 60 %, ...``."""
+        if not self.busy:
+            return "not measured"
+        order = ["consumer thread", "service"]
+        names = order + sorted(name for name in self.busy if name not in order)
+        return ", ".join(f"{name} {self.busy[name] * 100:.0f} %" for name in names if name in self.busy)
 
 
 def machine(path: Path) -> str:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import redis
-from common import RedisProcess, RssSampler, Service, machine
+from common import CpuWindow, RedisProcess, RssSampler, Service, machine
 from workload import STREAM, interleaved, publish, summary
 
 GROUP = "task-logger"
@@ -139,6 +139,8 @@ def main() -> None:
         assert service.process is not None
         sampler = RssSampler(service.process.pid, interval=0.05)
         sampler.start()
+        redis_pid = redis_proc.process.pid if redis_proc.process is not None else None
+        cpu_window = CpuWindow(service.process.pid, redis_pid)
         first_ack: float | None = None
         acked_at_first = 0
         deadline = started + args.timeout
@@ -149,6 +151,7 @@ def main() -> None:
                 read, lag, pending = state
                 if first_ack is None and read - pending > 0:
                     first_ack, acked_at_first = now, read - pending
+                    cpu_window.start()
                 if lag == 0 and pending == 0:
                     break
             if service.process.poll() is not None:
@@ -157,6 +160,7 @@ def main() -> None:
                 raise SystemExit(f"not drained within {args.timeout:.0f}s; see {service.log}")
             time.sleep(0.02)
         elapsed = time.perf_counter() - started
+        cpu_window.stop()
         index_note = index_report(logs, deadline, started, elapsed) if args.index else "index: off (--no-index)"
         sampler.stop()
         cpu = sampler.process.cpu_times()
@@ -177,6 +181,7 @@ def main() -> None:
             f"{size / 2**20:.0f} MB written; {on_disk} records on disk"
             + ("" if on_disk == args.events else f" (EXPECTED {args.events})")
         )
+        print(f"busy from the first acknowledged batch to the drain: {cpu_window.report()}")
         print(index_note)
         print(f"machine: nproc={nproc()}, {machine(logs)}")
         if on_disk != args.events:
