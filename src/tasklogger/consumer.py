@@ -16,6 +16,8 @@ from typing import Any
 
 import redis
 import structlog
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .config import Settings
 from .errors import BadEntry, TaskLoggerError, Transient, os_failure
@@ -36,6 +38,16 @@ REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, Time
 
 class PoisonEntry(Exception):
     """An entry whose processing failed with an unexpected error; it stays pending until max_deliveries."""
+
+
+@dataclass
+class _ReadAhead:
+    """A read sent on a pool connection of its own, whose reply is taken later (``Consumer._request_read``)."""
+
+    connection: Any
+    #: Ids acknowledged by the XACK sent ahead of it (sent again if the reply is lost).
+    acked: list[bytes]
+    count: int
 
 
 @dataclass
@@ -78,6 +90,11 @@ class Consumer:
         # XREADGROUP replies are taken as hiredis gives them and turned into entries by _entries (in C, mostly):
         # redis-py's own conversion was a tenth of this thread's time during a drain.
         client.set_response_callback("XREADGROUP", _raw_reply)
+        # redis-py retries a command up to 10 times on a connection error by default. An XREADGROUP whose reply was
+        # lost after Redis delivered its entries must not be sent again as if nothing happened (those entries would
+        # wait, pending, for a claim pass a minute later): the error comes to this loop, which re-reads its pending
+        # entries first. (Connections are made on first use: the consumer's client has none yet.)
+        client.connection_pool.connection_kwargs["retry"] = Retry(NoBackoff(), 0)
         self.store = store
         self.name = consumer_name
         self.clock = clock
@@ -100,6 +117,8 @@ class Consumer:
         self.read_count = min(settings.max_batch_size, FIRST_READ_COUNT)
         #: What the read ahead asked for (a full answer means the consumer is behind).
         self._prefetch_count = self.read_count
+        #: While behind: the read after the read-ahead, sent and not taken yet.
+        self._ahead: _ReadAhead | None = None
 
     def __repr__(self) -> str:
         s = self.stats
@@ -121,6 +140,7 @@ class Consumer:
                     if resume_pending or self._reread_pending:
                         self._reread_pending = False
                         # Everything delivered and not acknowledged, prefetched entries too, is re-read from 0.
+                        self._abandon_read()
                         self._drop_prebuilt()
                         self._prefetched, self._decoded = [], {}
                         self._ensure_group()
@@ -153,18 +173,24 @@ class Consumer:
                 delay = min(delay * 2, BACKOFF_CAP_S)
             self._finish_prefetched()
         finally:
+            self._abandon_read()
             self._flush_acks()
             self._drop_prebuilt()
             self.stats.running = False
             self.stats.state = "stopped"
 
     def _finish_prefetched(self) -> None:
-        """At a stop, commit the batch read ahead too, so a clean stop leaves nothing pending."""
-        if not self._prefetched or self._retry is not None:
+        """At a stop, commit the batches read ahead too, so a clean stop leaves nothing pending."""
+        if self._retry is not None:
             return
         entries, self._prefetched = self._prefetched, []
         try:
-            self._process(entries, {})
+            if entries:
+                self._process(entries, {})
+            if self._ahead is not None:
+                entries = self._collect_read()
+                if entries:
+                    self._process(entries, {})
         except Exception as exc:  # it stays pending and is redelivered at the next start
             log.warning("left the read-ahead batch pending at stop", error=repr(exc), size=len(entries))
 
@@ -215,6 +241,8 @@ class Consumer:
 
     def _read_new(self) -> None:
         entries, self._prefetched = self._prefetched, []
+        if not entries and self._ahead is not None:
+            entries = self._collect_read()
         if not entries:
             reply = self._xreadgroup(">", count=self.read_count, block=self.settings.block_ms)
             entries = _entries(reply)
@@ -222,24 +250,40 @@ class Consumer:
             self._process(entries, {}, prefetch=True)
 
     def _prefetch(self) -> None:
-        """While a batch is being made durable: read (without waiting) and decode the next one."""
-        self._prefetch_count = self.read_count
+        """While a batch is being made durable: read (without waiting) and decode the next one. While behind,
+        the read after it is then sent at once (sized from these entries), and its reply taken at the next
+        prefetch."""
         try:
-            reply = self._xreadgroup(">", count=self._prefetch_count)
+            if self._ahead is not None:
+                entries = self._collect_read()
+            else:
+                self._prefetch_count = self.read_count
+                entries = _entries(self._xreadgroup(">", count=self._prefetch_count))
         except REDIS_ERRORS:
             # The loop meets the outage on its next read. The server may have delivered entries whose reply was
             # lost: they are pending for us, so the loop re-reads its pending entries first.
             self._reread_pending = True
             return
-        self._prefetched = _entries(reply)
-        for raw_id, fields in self._prefetched:
+        self._prefetched = entries
+        size = 0
+        for raw_id, fields in entries:
             entry_id = _text(raw_id)
             try:
-                self._decoded[entry_id] = decode(entry_id, fields, max_entry_bytes=self.settings.max_entry_bytes)
+                event = decode(entry_id, fields, max_entry_bytes=self.settings.max_entry_bytes)
+                self._decoded[entry_id] = event
+                size += event.size
             except BadEntry as exc:
                 self._decoded[entry_id] = exc
+                size += _raw_size(fields)
             except Exception:  # decoded again in its own batch, where a defect is isolated properly
                 log.exception("decoding ahead failed", id=entry_id)
+        if len(entries) < self._prefetch_count:
+            return
+        self._size_reads(size, len(entries))
+        try:
+            self._request_read()
+        except REDIS_ERRORS:
+            self._reread_pending = True  # a request half sent may have delivered entries: read pending first
 
     def _xreadgroup(self, start: bytes | str, *, count: int, block: int | None = None) -> Any:
         """XREADGROUP from ``start``; the acknowledgement of the batches made durable since the last read goes in
@@ -258,6 +302,56 @@ class Consumer:
         except BaseException:
             self._unacked[:0] = ids  # sent again with the next read (XACK is idempotent)
             raise
+
+    def _request_read(self) -> None:
+        """Send the next read now, on a pool connection of its own, and take its reply at the next prefetch: Redis
+        prepares that batch while this thread builds the current one (waiting for the reply of a read sent only
+        when it was needed was a sixth of this thread's time in a drain). The durable batches' XACK goes ahead of
+        it, as in ``_xreadgroup``."""
+        stream, group = self.settings.stream, self.settings.group
+        ids, self._unacked = self._unacked, []
+        commands: list[tuple[Any, ...]] = [("XACK", stream, group, *ids)] if ids else []
+        commands.append(("XREADGROUP", "GROUP", group, self.name, "COUNT", self.read_count, "STREAMS", stream, ">"))
+        pool = self.redis.connection_pool
+        connection: Any = pool.get_connection()  # redis-py leaves the Connection methods untyped
+        try:
+            connection.send_packed_command(connection.pack_commands(commands))
+        except BaseException:
+            connection.disconnect()
+            pool.release(connection)
+            self._unacked[:0] = ids
+            raise
+        self._ahead = _ReadAhead(connection, ids, self.read_count)
+
+    def _collect_read(self) -> list[RawEntry]:
+        """The entries of the read ``_request_read`` sent. If its reply is lost, Redis may have delivered them
+        anyway: the loop then re-reads its pending entries, and the XACK goes again with the next read."""
+        ahead, self._ahead = self._ahead, None
+        assert ahead is not None
+        pool = self.redis.connection_pool
+        try:
+            if ahead.acked:
+                ahead.connection.read_response()
+            reply = ahead.connection.read_response()
+        except BaseException:
+            ahead.connection.disconnect()  # a reply half read, or the XACK's error ahead of the read's: start afresh
+            self._unacked[:0] = ahead.acked
+            self._reread_pending = True
+            raise
+        finally:
+            pool.release(ahead.connection)
+        self._prefetch_count = ahead.count
+        return _entries(reply)
+
+    def _abandon_read(self) -> None:
+        """Drop a read sent and not taken: before re-reading the pending entries (which include whatever it
+        delivered), and at the end."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return
+        ahead.connection.disconnect()
+        self.redis.connection_pool.release(ahead.connection)
+        self._unacked[:0] = ahead.acked
 
     def _flush_acks(self) -> None:
         """Acknowledge now what is durable and not acknowledged yet (before a claim, and at a stop).

@@ -23,7 +23,8 @@ from tests.support import ConsumerRun, Publisher, RedisProcess, settings_for, wa
 
 
 class ResettingProxy:
-    """Forwards loopback TCP to a Redis port; resets the connection that next sends ``command`` (once)."""
+    """Forwards loopback TCP to a Redis port; resets the connection that next sends ``command`` (once): before
+    the request reaches Redis, or (``deliver``) after Redis has answered it, dropping the reply."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -32,13 +33,16 @@ class ResettingProxy:
         self.command: bytes | None = None
         self.unless: bytes | None = None
         self.reset_on: list[bytes] = []
+        self.deliver = False
+        #: Connections (their client sockets) whose next reply is dropped, and the connection reset.
+        self._doomed: set[socket.socket] = set()
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def arm(self, command: bytes, *, unless: bytes | None = None) -> None:
+    def arm(self, command: bytes, *, unless: bytes | None = None, deliver: bool = False) -> None:
         """Reset the next connection whose request holds ``command`` (and not ``unless``)."""
         with self._lock:
-            self.command, self.unless = command, unless
+            self.command, self.unless, self.deliver = command, unless, deliver
 
     @property
     def armed(self) -> bool:
@@ -61,7 +65,12 @@ class ResettingProxy:
         try:
             while data := source.recv(1 << 16):
                 if upstream and self._hit(data):
-                    break
+                    if not self.deliver:
+                        break
+                    with self._lock:
+                        self._doomed.add(source)
+                if not upstream and sink in self._doomed:
+                    break  # Redis has answered: the reply is lost with the connection
                 sink.sendall(data)
         except OSError:
             pass
@@ -142,3 +151,23 @@ def test_an_ack_lost_before_a_claim_pass_is_sent_again(tmp_path: Path) -> None:
         wait_until(lambda: consumer.stats.entries_acked >= sent, timeout=30, what="every entry committed")
         run.close()  # a clean stop: whatever the reset took was acknowledged by a later read or by the stop
         assert pending(direct) == 0
+
+
+def test_a_read_whose_reply_is_lost_is_read_again_from_pending(tmp_path: Path) -> None:
+    """A read's reply lost after Redis delivered its entries (they are pending for this consumer): they are read
+    again from the pending list, at once, not claimed back a minute later. While behind, that read is the one sent
+    ahead (its reply taken later). Every entry is written once, and nothing is left pending."""
+    total = 1500
+    with consumer_behind_proxy(tmp_path, max_batch_size=50) as (proxy, run, direct):
+        consumer = run.consumer
+        publisher = Publisher(direct)
+        for n in range(total):
+            publisher.event("task:output", task_id=f"t-{n % 7}", data={"content": f"step {n}"})
+        wait_until(lambda: consumer.stats.entries_acked >= 100, timeout=30, what="the drain to be under way")
+        proxy.arm(b"XREADGROUP", unless=b"BLOCK", deliver=True)
+        wait_until(lambda: consumer.stats.entries_acked >= total, timeout=20, what="every entry committed")
+        run.close()
+        assert proxy.reset_on, "the reset never happened"
+        assert pending(direct) == 0
+    on_disk = ids_on_disk(tmp_path / "logs")
+    assert len(on_disk) == total and set(on_disk.values()) == {1}  # each entry exactly once
