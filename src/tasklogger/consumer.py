@@ -259,9 +259,11 @@ class Consumer:
             else:
                 self._prefetch_count = self.read_count
                 entries = _entries(self._xreadgroup(">", count=self._prefetch_count))
-        except REDIS_ERRORS:
-            # The loop meets the outage on its next read. The server may have delivered entries whose reply was
-            # lost: they are pending for us, so the loop re-reads its pending entries first.
+        except (*REDIS_ERRORS, redis.ResponseError) as exc:
+            # The loop meets the outage (or the error reply: NOGROUP, OOM, ...) on its next read; the batch in hand
+            # is finished as usual. The server may have delivered entries whose reply was lost: they are pending
+            # for us, so the loop re-reads its pending entries first.
+            log.warning("reading ahead failed; pending entries are read again", error=repr(exc))
             self._reread_pending = True
             return
         self._prefetched = entries
@@ -282,7 +284,7 @@ class Consumer:
         self._size_reads(size, len(entries))
         try:
             self._request_read()
-        except REDIS_ERRORS:
+        except (*REDIS_ERRORS, redis.ResponseError):
             self._reread_pending = True  # a request half sent may have delivered entries: read pending first
 
     def _xreadgroup(self, start: bytes | str, *, count: int, block: int | None = None) -> Any:
@@ -309,11 +311,11 @@ class Consumer:
         when it was needed was a sixth of this thread's time in a drain). The durable batches' XACK goes ahead of
         it, as in ``_xreadgroup``."""
         stream, group = self.settings.stream, self.settings.group
-        ids, self._unacked = self._unacked, []
-        commands: list[tuple[Any, ...]] = [("XACK", stream, group, *ids)] if ids else []
-        commands.append(("XREADGROUP", "GROUP", group, self.name, "COUNT", self.read_count, "STREAMS", stream, ">"))
         pool = self.redis.connection_pool
         connection: Any = pool.get_connection()  # redis-py leaves the Connection methods untyped
+        ids, self._unacked = self._unacked, []  # only once a connection is in hand: a failure above keeps them
+        commands: list[tuple[Any, ...]] = [("XACK", stream, group, *ids)] if ids else []
+        commands.append(("XREADGROUP", "GROUP", group, self.name, "COUNT", self.read_count, "STREAMS", stream, ">"))
         try:
             connection.send_packed_command(connection.pack_commands(commands))
         except BaseException:
