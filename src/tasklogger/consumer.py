@@ -23,16 +23,16 @@ from .config import Settings
 from .errors import BadEntry, TaskLoggerError, Transient, os_failure
 from .projector import project
 from .store import Batch, CommitResult, Store
-from .wire import Event, decode, preserve_fields
+from .wire import Event, decode, entry_size, preserve_fields
 
 log = structlog.get_logger(__name__)
 
 RawEntry = tuple[bytes, dict[bytes, bytes] | None]
 BACKOFF_FIRST_S = 0.05
+BACKOFF_CAP_S = 2.0
 #: Entries asked for by the first read, before their size is known: a backlog of 4 MB entries must not arrive
 #: a thousand at a time (the next read is sized from these).
 FIRST_READ_COUNT = 10
-BACKOFF_CAP_S = 2.0
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
 
 
@@ -276,7 +276,7 @@ class Consumer:
                 size += event.size
             except BadEntry as exc:
                 self._decoded[entry_id] = exc
-                size += _raw_size(fields)
+                size += entry_size(fields)
             except Exception:  # decoded again in its own batch, where a defect is isolated properly
                 log.exception("decoding ahead failed", id=entry_id)
         if len(entries) < self._prefetch_count:
@@ -489,7 +489,7 @@ class Consumer:
                         raise self._too_many_deliveries(entry_id, count)
                     batch.apply(event, project(event, batch.view(event)))
                 except BadEntry as exc:
-                    size += _raw_size(fields)
+                    size += entry_size(fields)
                     if batch.dead_letter(self._dead_letter_body(entry_id, fields, exc, count)):
                         reasons[exc.reason] = reasons.get(exc.reason, 0) + 1
         except OSError as exc:
@@ -611,10 +611,6 @@ def _entries(reply: Any) -> list[RawEntry]:
                 pairs = iter(flat)
                 entries.append((entry_id, dict(zip(pairs, pairs, strict=True))))
     return entries
-
-
-def _raw_size(fields: dict[bytes, bytes] | None) -> int:
-    return sum(map(len, fields)) + sum(map(len, fields.values())) if fields else 0
 
 
 def _text(value: bytes | str) -> str:

@@ -61,7 +61,7 @@ def decode(entry_id: bytes | str, fields: dict[bytes, bytes] | None, *, max_entr
     eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     if not fields:  # XADD needs a field, so an empty entry is one trimmed away while it was pending
         raise BadEntry("deleted_from_stream", "the entry was pending but is no longer in the stream")
-    size = sum(map(len, fields)) + sum(map(len, fields.values()))
+    size = entry_size(fields)
     if size > max_entry_bytes:
         raise BadEntry("entry_too_large", f"{size} bytes, limit {max_entry_bytes}")
     try:
@@ -90,6 +90,11 @@ def decode(entry_id: bytes | str, fields: dict[bytes, bytes] | None, *, max_entr
     timestamp, flag = _timestamp(text.get("timestamp"), eid)
     extra = {k: v for k, v in text.items() if k not in KNOWN_FIELDS}
     return Event(eid, event_type, timestamp, flag, task_id, webhook_id, data, extra, size)
+
+
+def entry_size(fields: dict[bytes, bytes] | None) -> int:
+    """An entry's size in bytes, field names and values: what the entry size limit and batch sizes count."""
+    return sum(map(len, fields)) + sum(map(len, fields.values())) if fields else 0
 
 
 _SAFE_IDS: set[str] = set()
